@@ -1,0 +1,38 @@
+# make demo : create .venv, install, run the main job on the embedded digits data (CPU or GPU)
+# make test : create .venv if needed, install, run the whole test suite
+#
+# OFFLINE=1 builds .venv on top of the system's site-packages and installs only this package
+# (for machines without a package registry that already carry torch, e.g. the lent GPU machines).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench clean
+
+$(STAMP): setup.py requirements.txt
+ifeq ($(OFFLINE),1)
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install --no-deps --no-build-isolation -e .
+else
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps -e .
+endif
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/mimir-fast pretrain
+
+test: $(STAMP)
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m bench.ops --out bench/results
+	$(PY) -m bench.step --out bench/results
+
+clean:
+	rm -rf $(VENV) output_dir build *.egg-info

@@ -1,0 +1,61 @@
+"""MIMIR's pretraining attack: L∞ PGD on the MAE self-reconstruction loss (``pgd_mae/pgd_mae.py``).
+
+Each step calls ``model(x_adv, mask_ratio)``: it draws a fresh random mask and reconstructs ``x_adv``
+itself (norm-pix target included), and the gradient flows through encoder, decoder and the target's
+per-patch normalisation. No labels and no HSIC enter the attack.
+
+Only input gradients are computed: ``torch.autograd.grad(loss, x_adv)`` runs the backward pass to the
+input and prunes every weight-gradient GEMM (a step costs ≈ 2 forward passes, not 3), and no
+parameter's ``.grad`` is touched. As in the reference, the model is put in eval mode during the attack
+and its mode restored afterwards (this changes nothing for MAE, which has no dropout).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def pgd_mae(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    eps: float,
+    alpha: float,
+    steps: int,
+    mask_ratio: float = 0.75,
+    random_start: bool = True,
+) -> torch.Tensor:
+    """Perturb ``images`` to maximise the model's masked self-reconstruction loss.
+
+    Args:
+        model: a ``MaskedAutoencoderViT`` (unwrapped from DDP): ``model(x, mask_ratio)[0]`` is its loss.
+        images: (N, C, H, W) clean images in [0, 1].
+        eps: L∞ radius, in [0, 1] pixel units (8/255 in MIMIR).
+        alpha: step size, in pixel units (10/255 in MIMIR).
+        steps: number of PGD steps K ≥ 1 (MIMIR: 1, i.e. FGSM with a random start).
+        mask_ratio: mask ratio of each attack forward. MIMIR's attack calls the forward with its default,
+            0.75, whatever the training mask ratio is.
+        random_start: start from a uniform point in the ε-ball, clamped to [0, 1].
+
+    Returns:
+        (N, C, H, W) detached adversarial images with ``|x_adv − images| ≤ eps`` and values in [0, 1].
+        Update rule: ``x ← clip₀¹(x₀ + clip±ε(x + α·sign(∇ₓ) − x₀))``.
+    """
+    x0 = images.detach()
+    x = x0.clone()
+    if random_start:
+        x = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
+    was_training = model.training
+    model.eval()
+    try:
+        for _ in range(steps):
+            x.requires_grad_(True)
+            loss = model(x, mask_ratio)[0]
+            (grad,) = torch.autograd.grad(loss, x)
+            x = x.detach() + alpha * grad.sign()
+            delta = (x - x0).clamp(-eps, eps)
+            x = (x0 + delta).clamp(0, 1)
+    finally:
+        model.train(was_training)
+    return x.detach()

@@ -1,0 +1,1 @@
+"""Pretraining: config and presets, objective, epoch loop, checkpoints, logging, the run driver."""

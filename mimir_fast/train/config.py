@@ -1,0 +1,188 @@
+"""The pretraining configuration: one typed dataclass, a docstring per field, range checks on creation.
+
+Field names are the MAE/MIMIR flag names, so ``--blr 1.5e-4`` sets ``blr``. ``eps`` and ``alpha`` are
+in /255 units, as MIMIR's scripts pass them. The CLI builds its flags and their help from this class.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from dataclasses import asdict, dataclass
+from functools import cache
+
+from ..errors import ConfigError
+
+METHODS = ("mimir", "mae")
+DATA_KINDS = ("auto", "digits", "folder", "synthetic")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass(kw_only=True, slots=True)
+class PretrainConfig:
+    """Everything a pretraining run needs. Create it with keywords; invalid values raise ``ConfigError``."""
+
+    preset: str = "digits"
+    """Recipe the values came from (see ``mimir_fast.train.presets``); recorded in checkpoints."""
+
+    # --- model
+    model: str = "mae_vit_micro"
+    """Model factory in ``mimir_fast.models_mae`` (e.g. mae_vit_small, mae_vit_base_patch16)."""
+    input_size: int = 32
+    """Square image side in pixels; a multiple of patch_size."""
+    patch_size: int = 4
+    """Square patch side in pixels (MIMIR: 2 for CIFAR-10, 16 for ImageNet)."""
+    norm_pix_loss: bool = True
+    """Normalise each target patch by its mean and unbiased variance (on in every MIMIR script)."""
+    mask_ratio: float = 0.75
+    """Fraction of patches removed in the training forward, in [0, 1)."""
+
+    # --- objective
+    method: str = "mimir"
+    """mimir: MAE on PGD examples plus the HSIC penalty; mae: plain MAE (no attack, no HSIC)."""
+    steps: int = 1
+    """PGD steps K of the pretraining attack (MIMIR: 1)."""
+    eps: float = 8.0
+    """L∞ attack radius in /255 units (MIMIR: 8)."""
+    alpha: float = 10.0
+    """Attack step size in /255 units (MIMIR: 10)."""
+    attack_mask_ratio: float = 0.75
+    """Mask ratio of each attack forward; MIMIR's attack uses the forward's default 0.75."""
+    mi_xpl: float = 1e-5
+    """λ, the weight of HSIC(latent, x_adv) in the loss (MIMIR: 1e-5); 0 turns the penalty off."""
+    hsic_sigma: float = 5.0
+    """HSIC Gaussian bandwidth factor σ (MIMIR: 5)."""
+    hsic_ridge: float = 1e-5
+    """HSIC ridge ε in (K̃ + ε m I) (MIMIR: 1e-5)."""
+
+    # --- optimisation
+    batch_size: int = 64
+    """Images per step on each process; HSIC is computed over this batch."""
+    accum_iter: int = 1
+    """Gradient accumulation steps; effective batch = batch_size × accum_iter × world size."""
+    epochs: int = 12
+    """Epochs to train."""
+    warmup_epochs: float = 1.0
+    """Epochs of linear lr warmup from 0, then half-cosine decay to min_lr."""
+    blr: float = 1.5e-3
+    """Base learning rate: lr = blr × effective batch / 256, unless lr is given."""
+    lr: float | None = None
+    """Absolute learning rate; overrides blr."""
+    min_lr: float = 0.0
+    """Final learning rate of the cosine schedule."""
+    weight_decay: float = 0.05
+    """AdamW weight decay; 1-D parameters and biases are not decayed."""
+
+    # --- data
+    data: str = "auto"
+    """auto (folder if data_path is set, else digits), digits, folder, or synthetic."""
+    data_path: str | None = None
+    """ImageFolder root (with train/ and val/, or class folders) or a flat folder of images."""
+    num_workers: int = 0
+    """DataLoader worker processes for folder data."""
+    synthetic_size: int = 1024
+    """Images per epoch with --data synthetic."""
+
+    # --- run
+    output_dir: str = "output_dir"
+    """Where checkpoints, log.txt, TensorBoard events and the reconstruction figure go."""
+    log_dir: str | None = None
+    """TensorBoard directory; defaults to output_dir."""
+    resume: str | None = None
+    """Checkpoint to resume from; without it the newest checkpoint in output_dir is resumed."""
+    auto_resume: bool = True
+    """Resume from the newest checkpoint-*.pth in output_dir when resume is not given."""
+    save_freq: int = 20
+    """Save checkpoint-{epoch}.pth every save_freq epochs and after the last epoch."""
+    print_freq: int = 20
+    """Steps between progress updates; the loss is read back from the device only at these points."""
+    seed: int = 0
+    """Random seed; each epoch reseeds from (seed, rank, epoch), so resumed runs continue exactly."""
+    device: str = "auto"
+    """auto (cuda if available, else cpu), cpu or cuda."""
+    precision: str = "auto"
+    """auto (bf16 autocast on CUDA, fp32 on CPU), bf16 or fp32. HSIC always runs in fp32."""
+
+    def __post_init__(self) -> None:
+        _choice("method", self.method, METHODS)
+        _choice("data", self.data, DATA_KINDS)
+        _choice("device", self.device, DEVICES)
+        _choice("precision", self.precision, PRECISIONS)
+        _check(0.0 <= self.mask_ratio < 1.0, f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        _check(0.0 <= self.attack_mask_ratio < 1.0, f"attack_mask_ratio must be in [0, 1), got {self.attack_mask_ratio}")
+        _check(self.input_size >= 1 and self.patch_size >= 1, "input_size and patch_size must be positive")
+        _check(
+            self.input_size % self.patch_size == 0,
+            f"input_size {self.input_size} is not a multiple of patch_size {self.patch_size}",
+        )
+        num_patches = (self.input_size // self.patch_size) ** 2
+        for name in ("mask_ratio", "attack_mask_ratio"):
+            keep = int(num_patches * (1 - getattr(self, name)))
+            _check(keep >= 1, f"{name} {getattr(self, name)} keeps 0 of {num_patches} patches")
+        _check(self.eps >= 0, f"eps must be >= 0 (in /255 units), got {self.eps}")
+        _check(self.alpha >= 0, f"alpha must be >= 0 (in /255 units), got {self.alpha}")
+        _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        _check(self.mi_xpl >= 0, f"mi_xpl must be >= 0, got {self.mi_xpl}")
+        _check(self.hsic_sigma > 0, f"hsic_sigma must be > 0, got {self.hsic_sigma}")
+        _check(self.hsic_ridge > 0, f"hsic_ridge must be > 0, got {self.hsic_ridge}")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(
+            not self.uses_hsic or self.batch_size >= 2,
+            f"batch_size must be >= 2 when the HSIC penalty is on (mi_xpl > 0), got {self.batch_size}",
+        )
+        _check(self.accum_iter >= 1, f"accum_iter must be >= 1, got {self.accum_iter}")
+        _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        _check(0 <= self.warmup_epochs <= self.epochs, f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
+        _check(self.blr > 0, f"blr must be > 0, got {self.blr}")
+        _check(self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(self.min_lr >= 0, f"min_lr must be >= 0, got {self.min_lr}")
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        _check(self.synthetic_size >= 1, f"synthetic_size must be >= 1, got {self.synthetic_size}")
+        _check(self.save_freq >= 1, f"save_freq must be >= 1, got {self.save_freq}")
+        _check(self.print_freq >= 1, f"print_freq must be >= 1, got {self.print_freq}")
+        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+
+    @property
+    def uses_hsic(self) -> bool:
+        """Whether the HSIC penalty is part of the loss."""
+        return self.method == "mimir" and self.mi_xpl > 0
+
+    @property
+    def data_kind(self) -> str:
+        """The data source after resolving ``auto``."""
+        if self.data != "auto":
+            return self.data
+        return "folder" if self.data_path else "digits"
+
+    def to_dict(self) -> dict:
+        """A plain dict (what checkpoints store under ``args``)."""
+        return asdict(self)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    _check(value in choices, f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
+
+
+@cache
+def field_docs(cls: type = PretrainConfig) -> dict[str, str]:
+    """Map each field of a dataclass to the docstring written under it (used for CLI help)."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs: dict[str, str] = {}
+    for stmt, nxt in zip(body, body[1:]):
+        if (
+            isinstance(stmt, ast.AnnAssign)
+            and isinstance(stmt.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[stmt.target.id] = " ".join(nxt.value.value.split())
+    return docs

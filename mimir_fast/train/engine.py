@@ -1,0 +1,83 @@
+"""One pretraining epoch.
+
+The step (lr update, forward with the attack, backward, optimizer step) never reads a value back to the
+host. Losses are summed on the device and read only every ``print_freq`` steps, where the run also stops
+with a ``TrainingError`` if the loss has become non-finite (the reference checks ``math.isfinite`` on
+every step, which costs a sync per step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from ..errors import TrainingError
+from .logger import Progress, RunLog
+from .objective import LOSS_KEYS, pretrain_losses
+from .optim import lr_at, set_lr
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None):
+    """bf16 autocast for ``dtype=torch.bfloat16``; a no-op context for fp32 (``dtype=None``)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    batches: Iterable,
+    optimizer: torch.optim.Optimizer,
+    cfg,
+    *,
+    epoch: int,
+    steps: int,
+    base_lr: float,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    run_log: RunLog | None = None,
+) -> dict[str, float]:
+    """Train ``steps`` steps of epoch ``epoch``; returns the epoch's mean losses, last lr, img/s and time."""
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    progress = Progress(epoch, cfg.epochs, steps)
+    sums = torch.zeros(len(LOSS_KEYS), device=device)
+    lr = 0.0
+    start = time.perf_counter()
+    done = 0
+    for it, (imgs, _) in enumerate(batches):
+        if it % cfg.accum_iter == 0:
+            lr = lr_at(
+                epoch + it / steps, lr=base_lr, min_lr=cfg.min_lr, warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs
+            )
+            set_lr(optimizer, lr)
+        imgs = imgs.to(device, non_blocking=True)
+        with autocast_context(device, amp_dtype):
+            losses = pretrain_losses(model, imgs, cfg)
+        (losses["loss"] / cfg.accum_iter).backward()
+        if (it + 1) % cfg.accum_iter == 0:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        sums += torch.stack([losses[k].detach().float() for k in LOSS_KEYS])
+        done = it + 1
+
+        if done % cfg.print_freq == 0 or done == steps:  # the only host reads of the epoch
+            means = dict(zip(LOSS_KEYS, (sums / done).tolist()))
+            if not all(map(math.isfinite, means.values())):
+                raise TrainingError(
+                    f"the loss became non-finite ({means['loss']}) in epoch {epoch} by step {done}; stopping "
+                    "(checkpoints already written are intact)"
+                )
+            progress.update(done, done * cfg.batch_size, means, lr)
+            if run_log is not None:
+                run_log.scalars({**means, "lr": lr}, int((epoch + (done - 1) / steps) * 1000))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+    means = dict(zip(LOSS_KEYS, (sums / max(done, 1)).tolist()))
+    return {**means, "lr": lr, "img_per_sec": done * cfg.batch_size / elapsed, "epoch_time_s": elapsed}

@@ -1,0 +1,47 @@
+"""AdamW parameter groups and MAE's per-iteration learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups, as timm's ``param_groups_weight_decay`` makes them for MAE and MIMIR.
+
+    1-D parameters (norm weights, biases) and any ``*.bias`` get no decay; everything else, including the
+    (1, 1, D) ``cls_token`` and ``mask_token``, is decayed. Frozen parameters (the sin-cos ``pos_embed``)
+    are left out.
+    """
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with MAE's betas (0.9, 0.95); the fused implementation on CUDA."""
+    return torch.optim.AdamW(
+        param_groups_weight_decay(model, weight_decay),
+        lr=lr,
+        betas=(0.9, 0.95),
+        fused=device.type == "cuda",
+    )
+
+
+def lr_at(epoch: float, *, lr: float, min_lr: float, warmup_epochs: float, epochs: int) -> float:
+    """Learning rate at fractional ``epoch``: linear warmup from 0, then half-cosine to ``min_lr``."""
+    if epoch < warmup_epochs:
+        return lr * epoch / warmup_epochs
+    progress = (epoch - warmup_epochs) / max(epochs - warmup_epochs, 1e-12)
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, value: float) -> None:
+    """Set every group's lr (scaled by a group's ``lr_scale`` when it has one, as MAE does)."""
+    for group in optimizer.param_groups:
+        group["lr"] = value * group.get("lr_scale", 1.0)
