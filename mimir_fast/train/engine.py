@@ -29,6 +29,25 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def train_step(
+    model: nn.Module,
+    imgs: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    cfg,
+    amp_dtype: torch.dtype | None,
+    update: bool = True,
+) -> dict[str, torch.Tensor]:
+    """One step on a device batch ``imgs`` (N, C, H, W): losses, backward (scaled by 1/accum_iter) and, when
+    ``update``, the optimizer step. Returns the detached losses; never reads a value back to the host."""
+    with autocast_context(imgs.device, amp_dtype):
+        losses = pretrain_losses(model, imgs, cfg)
+    (losses["loss"] / cfg.accum_iter).backward()
+    if update:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return {k: v.detach() for k, v in losses.items()}
+
+
 def train_one_epoch(
     model: nn.Module,
     batches: Iterable,
@@ -57,13 +76,8 @@ def train_one_epoch(
             )
             set_lr(optimizer, lr)
         imgs = imgs.to(device, non_blocking=True)
-        with autocast_context(device, amp_dtype):
-            losses = pretrain_losses(model, imgs, cfg)
-        (losses["loss"] / cfg.accum_iter).backward()
-        if (it + 1) % cfg.accum_iter == 0:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        sums += torch.stack([losses[k].detach().float() for k in LOSS_KEYS])
+        losses = train_step(model, imgs, optimizer, cfg, amp_dtype, update=(it + 1) % cfg.accum_iter == 0)
+        sums += torch.stack([losses[k].float() for k in LOSS_KEYS])
         done = it + 1
 
         if done % cfg.print_freq == 0 or done == steps:  # the only host reads of the epoch

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# One device session: the whole test suite (GPU-marked tests included) and every benchmark.
+# Usage (on the lent GPU machine, from the repo root):  OUT=/some/dir bash bench/gpu_session.sh
+# Results land in $OUT in the bench/results layout; copy the JSON files into bench/results/ and commit them.
+# The GPU machine has torch and no package registry: install this package only, without dependencies.
+set -uo pipefail
+OUT=${OUT:-bench/results}
+mkdir -p "$OUT"
+unset TRITON_INTERPRET
+python -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.txt" 2>&1 || export PYTHONPATH=$PWD
+{ nvidia-smi; python -c "import torch, triton; print(torch.__version__, triton.__version__)"; } >"$OUT/env.txt" 2>&1
+python -m pytest tests -q -x -p no:cacheprovider >"$OUT/tests.txt" 2>&1; echo "tests rc=$?" >>"$OUT/tests.txt"
+python -m bench.ops --out "$OUT" >"$OUT/bench_ops.txt" 2>&1
+python -m bench.step --out "$OUT" --attack_steps 1 3 10 >"$OUT/bench_step.txt" 2>&1
+tail -n 3 "$OUT"/tests.txt "$OUT"/bench_*.txt
