@@ -25,7 +25,8 @@ endif
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/mimir-fast pretrain
+	rm -rf output_dir/demo
+	$(VENV)/bin/mimir-fast pretrain --output_dir output_dir/demo
 
 test: $(STAMP)
 	$(PY) -m pytest tests $(PYTEST_ARGS)
