@@ -6,6 +6,7 @@ A result file is ``bench/results/<suite>_<device-slug>_<yyyymmdd>_<shortsha>.jso
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -36,6 +37,13 @@ def _git(*args: str) -> str | None:
         return out.stdout.strip() if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def add_run_args(parser: argparse.ArgumentParser) -> None:
+    """The flags every runner shares: --device, --iters, --out."""
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    parser.add_argument("--iters", type=int, default=10, help="timed iterations per measurement")
+    parser.add_argument("--out", default="bench/results", help="folder for the JSON result file")
 
 
 def device_name(device: torch.device) -> str:

@@ -13,7 +13,9 @@ import time
 
 import torch
 
-from .harness import synchronize, time_fn, write_results
+from mimir_fast.train.pretrain import resolve_device
+
+from .harness import add_run_args, synchronize, time_fn, write_results
 from .registry import REGISTRY, OpSpec
 
 
@@ -61,15 +63,12 @@ def bench_op(spec: OpSpec, shape_names: list[str], providers: list[str], modes: 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--op", default="all", help="op name or 'all'")
-    p.add_argument("--shapes", default=None, help="comma-separated shape names (default: all, or 'tiny' on CPU)")
+    p.add_argument("--shapes", default=None, help="comma-separated shape names (default: all)")
     p.add_argument("--providers", default="ref,ref_compiled")
     p.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"], choices=["fwd", "fwdbwd"])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--out", default="bench/results")
+    add_run_args(p)
     args = p.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     specs = REGISTRY.values() if args.op == "all" else [REGISTRY[args.op]]
     results = []
     for spec in specs:

@@ -18,9 +18,9 @@ from mimir_fast.models_mae import create_model
 from mimir_fast.train.engine import train_step
 from mimir_fast.train.optim import build_optimizer
 from mimir_fast.train.presets import build_config
-from mimir_fast.train.pretrain import autocast_dtype
+from mimir_fast.train.pretrain import autocast_dtype, resolve_device
 
-from .harness import FlopCount, peak_flops, synchronize, time_fn, write_results
+from .harness import FlopCount, add_run_args, peak_flops, synchronize, time_fn, write_results
 
 # name -> (preset, overrides); the batch is the per-GPU batch timed
 CONFIGS = {
@@ -74,12 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--configs", nargs="+", default=None, help=f"from {', '.join(CONFIGS)}")
     p.add_argument("--methods", nargs="+", default=["mimir", "mae"], choices=["mimir", "mae"])
     p.add_argument("--attack_steps", nargs="+", type=int, default=[1])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--out", default="bench/results")
+    add_run_args(p)
     args = p.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     configs = args.configs or (list(CONFIGS) if device.type == "cuda" else ["digits_micro", "cifar10_vit_t_p2"])
     results = []
     for name in configs:

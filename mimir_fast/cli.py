@@ -31,7 +31,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
     docs = field_docs(PretrainConfig)
     for f in fields(PretrainConfig):
-        help_text = f"{docs.get(f.name, '')} (default: {f.default})"
+        help_text = f"{docs.get(f.name, '')} (digits default: {f.default})"
         if f.type == "bool":
             parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=help_text)

@@ -24,7 +24,7 @@ class PretrainConfig:
     """Everything a pretraining run needs. Create it with keywords; invalid values raise ``ConfigError``."""
 
     preset: str = "digits"
-    """Recipe the values came from (see ``mimir_fast.train.presets``); recorded in checkpoints."""
+    """Named recipe to start from: digits, cifar10_vit_t/_s/_b, tinyimagenet, imagenet_vit_s/_b (flags override it)."""
 
     # --- model
     model: str = "mae_vit_micro"

@@ -66,6 +66,7 @@ def train_one_epoch(
     optimizer.zero_grad(set_to_none=True)
     progress = Progress(epoch, cfg.epochs, steps)
     sums = torch.zeros(len(LOSS_KEYS), device=device)
+    logged_sums, logged_done = sums.clone(), 0  # at the previous print point
     lr = 0.0
     start = time.perf_counter()
     done = 0
@@ -88,8 +89,10 @@ def train_one_epoch(
                     "(checkpoints already written are intact)"
                 )
             progress.update(done, done * cfg.batch_size, means, lr)
-            if run_log is not None:
-                run_log.scalars({**means, "lr": lr}, int((epoch + (done - 1) / steps) * 1000))
+            if run_log is not None:  # TensorBoard gets the mean over the steps since the last print point
+                window = dict(zip(LOSS_KEYS, ((sums - logged_sums) / (done - logged_done)).tolist()))
+                run_log.scalars({**window, "lr": lr}, int((epoch + (done - 1) / steps) * 1000))
+            logged_sums, logged_done = sums.clone(), done
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start

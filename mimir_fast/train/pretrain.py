@@ -133,7 +133,7 @@ def run_pretrain(cfg: PretrainConfig, rank: int = 0, world_size: int = 1) -> Run
                 model, batches, optimizer, cfg, epoch=epoch, steps=steps, base_lr=lr, device=device,
                 amp_dtype=amp_dtype, run_log=run_log,
             )
-            images += stats["img_per_sec"] * stats["epoch_time_s"]
+            images += steps * cfg.batch_size
             seconds += stats["epoch_time_s"]
             if epoch % cfg.save_freq == 0 or epoch + 1 == cfg.epochs:
                 state = {
