@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from bench.harness import FlopCount
 from mimir_fast.attacks import pgd_mae
 from mimir_fast.models_mae import MaskedAutoencoderViT

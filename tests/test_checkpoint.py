@@ -87,7 +87,8 @@ def test_a_state_dict_that_does_not_fit_names_the_keys():
     sd.pop("decoder_pred.bias")
     sd["extra.weight"] = torch.zeros(1)
     sd["cls_token"] = torch.zeros(1, 1, 7)
-    with pytest.raises(CheckpointError, match=r"missing: decoder_pred.bias; unexpected: extra.weight; wrong shape: cls_token"):
+    expected = r"missing: decoder_pred.bias; unexpected: extra.weight; wrong shape: cls_token"
+    with pytest.raises(CheckpointError, match=expected):
         load_model_state(model, sd, "ck.pth")
 
 

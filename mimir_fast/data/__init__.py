@@ -16,7 +16,7 @@ from .folder import ImageFiles, split_root
 from .tensors import SyntheticBatches, TensorImages
 from .transforms import eval_transform, pretrain_transform
 
-__all__ = ["build_train_dataset", "train_loader", "visual_batch", "digits_split"]
+__all__ = ["build_train_dataset", "steps_per_epoch", "train_loader", "visual_batch", "digits_split"]
 
 
 def _folder_root(cfg, split: str):
@@ -40,11 +40,16 @@ def build_train_dataset(cfg) -> Dataset | None:
     return dataset
 
 
+def steps_per_epoch(cfg, dataset: Dataset | None) -> int:
+    """Full batches per epoch (the last partial batch is dropped)."""
+    return len(dataset) // cfg.batch_size if dataset is not None else max(1, cfg.synthetic_size // cfg.batch_size)
+
+
 def train_loader(cfg, dataset: Dataset | None, generator: torch.Generator, device: torch.device):
     """One epoch of shuffled, fixed-size training batches."""
     if dataset is None:
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        return SyntheticBatches(max(1, cfg.synthetic_size // cfg.batch_size), cfg.batch_size, cfg.input_size, device, seed)
+        return SyntheticBatches(steps_per_epoch(cfg, None), cfg.batch_size, cfg.input_size, device, seed)
     return DataLoader(
         dataset,
         batch_size=cfg.batch_size,

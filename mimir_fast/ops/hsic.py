@@ -11,9 +11,10 @@ The statistic is ``tr(R_X R_Y) = Σ_ij R_X[i,j] R_Y[j,i]``.
 
 How this differs from the reference, and why:
 
-- Everything runs in float32 (float64 for float64 inputs) on the input's device, also under autocast. The reference computes the
-  Gram matrix in fp16 under autocast (it overflows once ‖a‖² exceeds ~32k, e.g. for ViT-B latents and
-  ImageNet pixels), then copies the kernel matrices to the CPU for the centering and two inverses.
+- Everything runs in float32 (float64 for float64 inputs) on the input's device, also under autocast.
+  The reference computes the Gram matrix in fp16 under autocast (it overflows once ‖a‖² exceeds ~32k,
+  e.g. for ViT-B latents and ImageNet pixels), then copies the kernel matrices to the CPU for the
+  centering and two inverses.
 - The centering uses ``K − mean(K) = E − mean(E)`` with ``E = expm1(−D / 2σ²d) = K − 1``. The bandwidth
   σ√d is wide, so K ≈ 1 and ``K − mean(K)`` cancels most digits; ``expm1`` keeps them. In float32 this is
   about 30× closer to the float64 value than the reference's ``exp``-then-``K·H`` (tests/ops/test_hsic.py).
@@ -21,7 +22,8 @@ How this differs from the reference, and why:
   ``K̃`` and ``(K̃ + εmI)⁻¹`` commute, so ``(K̃ + εmI)⁻¹ K̃`` is the same matrix.
 - Nothing synchronises with the host. Failures are handled on the device:
   if a kernel matrix is non-finite, or the solve reports a singular system, or the value is non-finite,
-  the function returns 0 for that call, so the step trains on the reconstruction loss alone.
+  the function returns 0 for that call, so the step trains on the reconstruction loss alone (when the
+  non-finite values are in ``y``, the pixels, ``x`` also gets an exactly zero gradient from it).
   That is the reference's behaviour: it returns 0 when an inverse fails, and its trainer skips a
   non-finite or zero penalty. For finite inputs the matrices are never singular: the eigenvalues of
   ``K̃`` are those of ``H K H``, all ≥ 0, so ``K̃ + εmI`` has eigenvalues ≥ εm > 0.

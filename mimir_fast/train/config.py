@@ -110,7 +110,9 @@ class PretrainConfig:
         _choice("device", self.device, DEVICES)
         _choice("precision", self.precision, PRECISIONS)
         _check(0.0 <= self.mask_ratio < 1.0, f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
-        _check(0.0 <= self.attack_mask_ratio < 1.0, f"attack_mask_ratio must be in [0, 1), got {self.attack_mask_ratio}")
+        _check(
+            0.0 <= self.attack_mask_ratio < 1.0, f"attack_mask_ratio must be in [0, 1), got {self.attack_mask_ratio}"
+        )
         _check(self.input_size >= 1 and self.patch_size >= 1, "input_size and patch_size must be positive")
         _check(
             self.input_size % self.patch_size == 0,
@@ -133,7 +135,9 @@ class PretrainConfig:
         )
         _check(self.accum_iter >= 1, f"accum_iter must be >= 1, got {self.accum_iter}")
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
-        _check(0 <= self.warmup_epochs <= self.epochs, f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
+        _check(
+            0 <= self.warmup_epochs <= self.epochs, f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}"
+        )
         _check(self.blr > 0, f"blr must be > 0, got {self.blr}")
         _check(self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr}")
         _check(self.min_lr >= 0, f"min_lr must be >= 0, got {self.min_lr}")

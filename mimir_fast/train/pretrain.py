@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import build_train_dataset, train_loader, visual_batch
+from ..data import build_train_dataset, steps_per_epoch, train_loader, visual_batch
 from ..errors import CheckpointError, ConfigError
 from ..models_mae import create_model
 from .checkpoint import checkpoint_path, load_checkpoint, load_model_state, newest_checkpoint, save_checkpoint
@@ -104,7 +104,7 @@ def run_pretrain(cfg: PretrainConfig, rank: int = 0, world_size: int = 1) -> Run
     output_dir.mkdir(parents=True, exist_ok=True)
 
     dataset = build_train_dataset(cfg)
-    steps = len(dataset) // cfg.batch_size if dataset is not None else max(1, cfg.synthetic_size // cfg.batch_size)
+    steps = steps_per_epoch(cfg, dataset)
 
     seed_everything(cfg.seed + rank)
     model = create_model(
