@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from mimir_fast.train.pretrain import resolve_device
+from mimir_fast.train.runner import resolve_device
 
 from .harness import add_run_args, synchronize, time_fn, write_results
 from .registry import REGISTRY, OpSpec

@@ -16,9 +16,10 @@ import torch
 
 from mimir_fast.models_mae import create_model
 from mimir_fast.train.engine import train_step
-from mimir_fast.train.optim import build_optimizer
+from mimir_fast.train.objective import pretrain_losses
+from mimir_fast.train.optim import build_optimizer, param_groups_weight_decay
 from mimir_fast.train.presets import build_config
-from mimir_fast.train.pretrain import autocast_dtype, resolve_device
+from mimir_fast.train.runner import autocast_dtype, resolve_device
 
 from .harness import FlopCount, add_run_args, peak_flops, synchronize, time_fn, write_results
 
@@ -37,12 +38,13 @@ def bench_config(name: str, method: str, steps: int, device: torch.device, iters
     cfg = build_config(preset, method=method, steps=steps, **overrides)
     model = create_model(cfg.model, img_size=cfg.input_size, patch_size=cfg.patch_size,
                          norm_pix_loss=cfg.norm_pix_loss).to(device)
-    optimizer = build_optimizer(model, 1e-4, cfg.weight_decay, device)
+    optimizer = build_optimizer(param_groups_weight_decay(model, cfg.weight_decay), 1e-4, (0.9, 0.95), device)
     amp = autocast_dtype(cfg.precision, device)
     imgs = torch.rand(cfg.batch_size, 3, cfg.input_size, cfg.input_size, device=device)
+    labels = torch.zeros(cfg.batch_size, dtype=torch.long, device=device)
 
     def step():
-        train_step(model, imgs, optimizer, cfg, amp)
+        train_step(model, imgs, labels, optimizer, lambda m, x, y: pretrain_losses(m, x, cfg), amp)
 
     step()
     with FlopCount() as counter:

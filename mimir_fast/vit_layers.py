@@ -79,10 +79,27 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``.
+class DropPath(nn.Module):
+    """Stochastic depth: in training, zero a residual branch per sample with probability ``p`` and scale the
+    kept ones by ``1 / (1 - p)``; the identity in eval mode. Shapes: ``(N, ...) -> (N, ...)``."""
 
-    No dropout, drop-path or layer-scale, as in MAE pretraining. Shapes: ``(N, T, D) -> (N, T, D)``.
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + drop_path(attn(norm1(x)))``, then ``x + drop_path(mlp(norm2(x)))``.
+
+    No dropout or layer-scale; drop-path is 0 in MAE pretraining and rises with depth in fine-tuning.
+    Shapes: ``(N, T, D) -> (N, T, D)``.
     """
 
     def __init__(
@@ -92,13 +109,15 @@ class Block(nn.Module):
         mlp_ratio: float = 4.0,
         qkv_bias: bool = False,
         norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+        drop_path: float = 0.0,
     ):
         super().__init__()
         self.norm1 = norm_layer(dim)
         self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias)
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))

@@ -37,8 +37,8 @@ def test_image_folder_layouts(tmp_path):
     _save_images(tmp_path / "root" / "val" / "a", 1)
     train = split_root(str(tmp_path / "root"), "train")
     assert train == tmp_path / "root" / "train"
-    labels = [label for _, label in scan_images(train)]
-    assert labels == [0, 0, 1, 1, 1]  # classes in sorted order
+    samples, classes = scan_images(train)
+    assert [label for _, label in samples] == [0, 0, 1, 1, 1] and classes == ["a", "b"]  # sorted classes
     assert split_root(str(tmp_path / "root"), "val") == tmp_path / "root" / "val"
 
     _save_images(tmp_path / "flat", 4)
@@ -86,7 +86,7 @@ def test_small_input_crop_pads_by_four():
 
 def test_loader_order_is_a_function_of_its_seed():
     cfg = build_config("digits", batch_size=100)
-    ds = build_train_dataset(cfg)
+    ds = build_train_dataset(cfg, pretrain_transform(32))
     first = [b[1] for b in train_loader(cfg, ds, torch.Generator().manual_seed(5), torch.device("cpu"))]
     again = [b[1] for b in train_loader(cfg, ds, torch.Generator().manual_seed(5), torch.device("cpu"))]
     other = [b[1] for b in train_loader(cfg, ds, torch.Generator().manual_seed(6), torch.device("cpu"))]
@@ -97,12 +97,12 @@ def test_loader_order_is_a_function_of_its_seed():
 def test_dataset_smaller_than_a_batch_is_a_data_error(tmp_path):
     _save_images(tmp_path / "few", 3)
     with pytest.raises(DataError, match="3 images, fewer than batch_size 8"):
-        build_train_dataset(build_config("digits", data_path=str(tmp_path / "few"), batch_size=8))
+        build_train_dataset(build_config("digits", data_path=str(tmp_path / "few"), batch_size=8), None)
 
 
 def test_folder_presets_need_a_data_path():
     with pytest.raises(DataError, match="preset 'cifar10_vit_s' reads image folders: give --data_path"):
-        build_train_dataset(build_config("cifar10_vit_s"))
+        build_train_dataset(build_config("cifar10_vit_s"), None)
 
 
 def test_visual_batch_uses_val_images(tmp_path):

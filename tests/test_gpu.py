@@ -6,7 +6,8 @@ import torch
 from mimir_fast.attacks import pgd_mae
 from mimir_fast.models_mae import create_model
 from mimir_fast.train.engine import train_step
-from mimir_fast.train.optim import build_optimizer
+from mimir_fast.train.objective import pretrain_losses
+from mimir_fast.train.optim import build_optimizer, param_groups_weight_decay
 from mimir_fast.train.presets import build_config
 from mimir_fast.train.pretrain import run_pretrain
 from tests.mae_reference import ReferenceMAE
@@ -19,14 +20,18 @@ CUDA = torch.device("cuda")
 def test_training_step_never_syncs_with_the_host(method, steps):
     cfg = build_config("cifar10_vit_t", method=method, steps=steps, batch_size=32)
     model = create_model(cfg.model, img_size=32, patch_size=2, norm_pix_loss=True).to(CUDA)
-    opt = build_optimizer(model, 1e-4, 0.05, CUDA)
-    imgs = torch.rand(32, 3, 32, 32, device=CUDA)
-    train_step(model, imgs, opt, cfg, torch.bfloat16)  # warm-up: lazy inits may sync once
+    opt = build_optimizer(param_groups_weight_decay(model, 0.05), 1e-4, (0.9, 0.95), CUDA)
+    imgs, labels = torch.rand(32, 3, 32, 32, device=CUDA), torch.zeros(32, dtype=torch.long, device=CUDA)
+
+    def loss_fn(m, x, y):
+        return pretrain_losses(m, x, cfg)
+
+    train_step(model, imgs, labels, opt, loss_fn, torch.bfloat16)  # warm-up: lazy inits may sync once
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(2):
-            losses = train_step(model, imgs, opt, cfg, torch.bfloat16)
+            losses = train_step(model, imgs, labels, opt, loss_fn, torch.bfloat16)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(losses["loss"]).item()

@@ -6,7 +6,7 @@ import torch
 from bench.harness import FlopCount
 from mimir_fast.train.engine import train_step
 from mimir_fast.train.objective import pretrain_losses
-from mimir_fast.train.optim import build_optimizer
+from mimir_fast.train.optim import build_optimizer, param_groups_weight_decay
 from mimir_fast.train.presets import build_config
 from tests.ops.test_hsic import hsic_fp64
 from tests.test_attack import spec_pgd, tiny_mae
@@ -76,13 +76,14 @@ def test_step_cost_is_the_mae_step_plus_2f_per_attack_step(steps):
     training step. (The (2K + 3)/3 ratio is this, up to the patch-embedding input gradient, which the training
     backward skips.) The HSIC penalty is left out: its Gram matrices are visible only for toy models."""
     model = tiny_mae()
-    opt = build_optimizer(model, 1e-4, 0.05, torch.device("cpu"))
-    imgs = torch.rand(16, 3, 16, 16)
+    opt = build_optimizer(param_groups_weight_decay(model, 0.05), 1e-4, (0.9, 0.95), torch.device("cpu"))
+    imgs, labels = torch.rand(16, 3, 16, 16), torch.zeros(16, dtype=torch.long)
     with FlopCount() as fwd, torch.no_grad():
         model(imgs)
     flops = {}
     for method in ("mae", "mimir"):
         with FlopCount() as counter:
-            train_step(model, imgs, opt, cfg_for(method=method, steps=steps, mi_xpl=0.0), None)
+            cfg = cfg_for(method=method, steps=steps, mi_xpl=0.0)
+            train_step(model, imgs, labels, opt, lambda m, x, y: pretrain_losses(m, x, cfg), None)
         flops[method] = counter.flops
     assert (flops["mimir"] - flops["mae"]) / (2 * steps * fwd.flops) == pytest.approx(1.0, rel=0.005)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .linf import eval_mode, linf_pgd, uniform_start
+
 
 def pgd_mae(
     model: nn.Module,
@@ -42,20 +44,6 @@ def pgd_mae(
         (N, C, H, W) detached adversarial images with ``|x_adv − images| ≤ eps`` and values in [0, 1].
         Update rule: ``x ← clip₀¹(x₀ + clip±ε(x + α·sign(∇ₓ) − x₀))``.
     """
-    x0 = images.detach()
-    x = x0.clone()
-    if random_start:
-        x = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
-    was_training = model.training
-    model.eval()
-    try:
-        for _ in range(steps):
-            x.requires_grad_(True)
-            loss = model(x, mask_ratio)[0]
-            (grad,) = torch.autograd.grad(loss, x)
-            x = x.detach() + alpha * grad.sign()
-            delta = (x - x0).clamp(-eps, eps)
-            x = (x0 + delta).clamp(0, 1)
-    finally:
-        model.train(was_training)
-    return x.detach()
+    start = uniform_start(images, eps) if random_start else None
+    with eval_mode(model):
+        return linf_pgd(lambda x: model(x, mask_ratio)[0], images, eps=eps, alpha=alpha, steps=steps, start=start)

@@ -1,4 +1,4 @@
-"""Pretraining data: the embedded digits, image folders, or synthetic batches.
+"""Training and evaluation data: the embedded digits, image folders, or synthetic batches.
 
 ``train_loader(cfg, dataset, generator, device)`` returns an iterable of ``(images, labels)`` batches with
 ``images`` (B, 3, S, S) float32 in [0, 1]; the shuffle order comes from ``generator`` alone, so an epoch's
@@ -11,12 +11,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
+from .digits import NUM_CLASSES as DIGITS_CLASSES
 from .digits import digits_split
 from .folder import ImageFiles, split_root
 from .tensors import SyntheticBatches, TensorImages
-from .transforms import eval_transform, pretrain_transform
+from .transforms import eval_transform
 
-__all__ = ["build_train_dataset", "steps_per_epoch", "train_loader", "visual_batch", "digits_split"]
+__all__ = [
+    "build_train_dataset", "build_val_dataset", "num_classes", "steps_per_epoch", "train_loader", "visual_batch",
+    "digits_split",
+]
 
 
 def _folder_root(cfg, split: str):
@@ -25,19 +29,37 @@ def _folder_root(cfg, split: str):
     return split_root(cfg.data_path, split)
 
 
-def build_train_dataset(cfg) -> Dataset | None:
-    """The augmented training set of ``cfg`` (None for synthetic data, which needs no dataset)."""
+def build_train_dataset(cfg, transform) -> Dataset | None:
+    """The training set of ``cfg`` with ``transform`` (None for synthetic data, which needs no dataset)."""
     kind = cfg.data_kind
     if kind == "synthetic":
         return None
     if kind == "digits":
         images, labels = digits_split("train")
-        dataset: Dataset = TensorImages(images, labels, pretrain_transform(cfg.input_size))
+        dataset: Dataset = TensorImages(images, labels, transform, num_classes=DIGITS_CLASSES)
     else:
-        dataset = ImageFiles(_folder_root(cfg, "train"), pretrain_transform(cfg.input_size))
+        dataset = ImageFiles(_folder_root(cfg, "train"), transform)
     if len(dataset) < cfg.batch_size:
         raise DataError(f"the training set has {len(dataset)} images, fewer than batch_size {cfg.batch_size}")
     return dataset
+
+
+def build_val_dataset(cfg, transform=None) -> Dataset | None:
+    """The un-augmented validation set (digits val, or the ``val/`` folder); None if there is none."""
+    transform = transform or eval_transform(cfg.input_size)
+    kind = cfg.data_kind
+    if kind == "digits":
+        images, labels = digits_split("val")
+        return TensorImages(images, labels, transform, num_classes=DIGITS_CLASSES)
+    if kind == "folder":
+        root = _folder_root(cfg, "val")
+        return ImageFiles(root, transform) if root is not None else None
+    return None
+
+
+def num_classes(dataset: Dataset | None) -> int | None:
+    """The number of classes of a dataset built here (None for synthetic data)."""
+    return getattr(dataset, "num_classes", None)
 
 
 def steps_per_epoch(cfg, dataset: Dataset | None) -> int:
@@ -49,7 +71,8 @@ def train_loader(cfg, dataset: Dataset | None, generator: torch.Generator, devic
     """One epoch of shuffled, fixed-size training batches."""
     if dataset is None:
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        return SyntheticBatches(steps_per_epoch(cfg, None), cfg.batch_size, cfg.input_size, device, seed)
+        return SyntheticBatches(steps_per_epoch(cfg, None), cfg.batch_size, cfg.input_size, device, seed,
+                                getattr(cfg, "num_classes", 1))
     return DataLoader(
         dataset,
         batch_size=cfg.batch_size,
@@ -62,15 +85,11 @@ def train_loader(cfg, dataset: Dataset | None, generator: torch.Generator, devic
 
 
 def visual_batch(cfg, n: int = 8) -> torch.Tensor:
-    """``n`` un-augmented images (n, 3, S, S) for the reconstruction figure: val images when there are some."""
-    kind = cfg.data_kind
-    if kind == "synthetic":
+    """``n`` un-augmented images (n, 3, S, S) for figures: val images when there are some."""
+    if cfg.data_kind == "synthetic":
         gen = torch.Generator().manual_seed(cfg.seed)
         return torch.rand(n, 3, cfg.input_size, cfg.input_size, generator=gen)
-    if kind == "digits":
-        images = digits_split("val")[0][:n]
-        dataset: Dataset = TensorImages(images, torch.zeros(len(images)), eval_transform(cfg.input_size))
-    else:
-        root = _folder_root(cfg, "val") or _folder_root(cfg, "train")
-        dataset = ImageFiles(root, eval_transform(cfg.input_size))
+    dataset = build_val_dataset(cfg)
+    if dataset is None:
+        dataset = ImageFiles(_folder_root(cfg, "train"), eval_transform(cfg.input_size))
     return torch.stack([dataset[i][0] for i in range(min(n, len(dataset)))])

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 NUM_TRAIN = 1500
+NUM_CLASSES = 10
 SIZE = 32
 
 

@@ -31,13 +31,15 @@ def _files_under(folder: Path) -> list[str]:
     return found
 
 
-def scan_images(root: Path) -> list[tuple[str, int]]:
-    """``(path, label)`` pairs: class sub-folders in sorted order, or the flat images of ``root``."""
+def scan_images(root: Path) -> tuple[list[tuple[str, int]], list[str]]:
+    """``(path, label)`` pairs and class names: class sub-folders in sorted order, or the flat images of
+    ``root`` as one class."""
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
     samples = [(p, label) for label, c in enumerate(classes) for p in _files_under(root / c)]
     if not samples:
+        classes = [root.name]
         samples = [(str(root / f), 0) for f in sorted(os.listdir(root)) if _is_image(f) and (root / f).is_file()]
-    return samples
+    return samples, classes
 
 
 def split_root(data_path: str, split: str) -> Path | None:
@@ -71,7 +73,8 @@ class ImageFiles(Dataset):
 
     def __init__(self, root: Path, transform: Callable):
         self.root = root
-        self.samples = scan_images(root)
+        self.samples, self.classes = scan_images(root)
+        self.num_classes = len(self.classes)
         if not self.samples:
             raise DataError(f"no images found under {root} (looked for {', '.join(IMG_EXTENSIONS)})")
         self.transform = transform

@@ -11,8 +11,10 @@ from torch.utils.data import Dataset
 class TensorImages(Dataset):
     """``(transform(images[i]), labels[i])`` over in-memory (N, C, H, W) float images in [0, 1]."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable | None = None):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable | None = None,
+                 num_classes: int | None = None):
         self.images, self.labels, self.transform = images, labels, transform
+        self.num_classes = num_classes
 
     def __len__(self) -> int:
         return len(self.images)
@@ -25,13 +27,14 @@ class TensorImages(Dataset):
 class SyntheticBatches:
     """``steps`` batches of uniform random images, made once on ``device`` (no loader cost).
 
-    Yields ``(images (B, 3, S, S) float32 in [0, 1], labels (B,) int64 zeros)``; for throughput runs.
+    Yields ``(images (B, 3, S, S) float32 in [0, 1], labels (B,) int64 in [0, num_classes))``; for throughput.
     """
 
-    def __init__(self, steps: int, batch_size: int, input_size: int, device: torch.device, seed: int = 0):
+    def __init__(self, steps: int, batch_size: int, input_size: int, device: torch.device, seed: int = 0,
+                 num_classes: int = 1):
         gen = torch.Generator(device=device).manual_seed(seed)
         self.images = torch.rand(batch_size, 3, input_size, input_size, generator=gen, device=device)
-        self.labels = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.labels = torch.randint(0, num_classes, (batch_size,), generator=gen, device=device)
         self.steps = steps
 
     def __len__(self) -> int:

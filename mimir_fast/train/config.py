@@ -1,14 +1,16 @@
-"""The pretraining configuration: one typed dataclass, a docstring per field, range checks on creation.
+"""Run configurations: typed dataclasses, a docstring per field, range checks on creation.
 
-Field names are the MAE/MIMIR flag names, so ``--blr 1.5e-4`` sets ``blr``. ``eps`` and ``alpha`` are
-in /255 units, as MIMIR's scripts pass them. The CLI builds its flags and their help from this class.
+``RunConfig`` holds what every training run shares (optimisation, data, checkpoints, device);
+``PretrainConfig`` adds MIMIR's objective. Field names are the MAE/MIMIR flag names, so ``--blr 1.5e-4``
+sets ``blr``; ``eps`` and ``alpha`` are in /255 units, as MIMIR's scripts pass them. The CLI builds its
+flags and their help from these classes.
 """
 
 from __future__ import annotations
 
 import ast
 import inspect
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from functools import cache
 
 from ..errors import ConfigError
@@ -19,46 +21,22 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
-@dataclass(kw_only=True, slots=True)
-class PretrainConfig:
-    """Everything a pretraining run needs. Create it with keywords; invalid values raise ``ConfigError``."""
+@dataclass(kw_only=True)
+class RunConfig:
+    """What every training run needs. Create it with keywords; invalid values raise ``ConfigError``."""
 
     preset: str = "digits"
-    """Named recipe to start from: digits, cifar10_vit_t/_s/_b, tinyimagenet, imagenet_vit_s/_b (flags override it)."""
-
-    # --- model
-    model: str = "mae_vit_micro"
-    """Model factory in ``mimir_fast.models_mae`` (e.g. mae_vit_small, mae_vit_base_patch16)."""
+    """Named recipe to start from (flags override it); see the command's --help for the list."""
+    model: str = ""
+    """Model factory name."""
     input_size: int = 32
     """Square image side in pixels; a multiple of patch_size."""
     patch_size: int = 4
     """Square patch side in pixels (MIMIR: 2 for CIFAR-10, 16 for ImageNet)."""
-    norm_pix_loss: bool = True
-    """Normalise each target patch by its mean and unbiased variance (on in every MIMIR script)."""
-    mask_ratio: float = 0.75
-    """Fraction of patches removed in the training forward, in [0, 1)."""
-
-    # --- objective
-    method: str = "mimir"
-    """mimir: MAE on PGD examples plus the HSIC penalty; mae: plain MAE (no attack, no HSIC)."""
-    steps: int = 1
-    """PGD steps K of the pretraining attack (MIMIR: 1)."""
-    eps: float = 8.0
-    """L∞ attack radius in /255 units (MIMIR: 8)."""
-    alpha: float = 10.0
-    """Attack step size in /255 units (MIMIR: 10)."""
-    attack_mask_ratio: float = 0.75
-    """Mask ratio of each attack forward; MIMIR's attack uses the forward's default 0.75."""
-    mi_xpl: float = 1e-5
-    """λ, the weight of HSIC(latent, x_adv) in the loss (MIMIR: 1e-5); 0 turns the penalty off."""
-    hsic_sigma: float = 5.0
-    """HSIC Gaussian bandwidth factor σ (MIMIR: 5)."""
-    hsic_ridge: float = 1e-5
-    """HSIC ridge ε in (K̃ + ε m I) (MIMIR: 1e-5)."""
 
     # --- optimisation
     batch_size: int = 64
-    """Images per step on each process; HSIC is computed over this batch."""
+    """Images per step on each process."""
     accum_iter: int = 1
     """Gradient accumulation steps; effective batch = batch_size × accum_iter × world size."""
     epochs: int = 12
@@ -86,7 +64,7 @@ class PretrainConfig:
 
     # --- run
     output_dir: str = "output_dir"
-    """Where checkpoints, log.txt, TensorBoard events and the reconstruction figure go."""
+    """Where checkpoints, log.txt and TensorBoard events go."""
     log_dir: str | None = None
     """TensorBoard directory; defaults to output_dir."""
     resume: str | None = None
@@ -102,37 +80,22 @@ class PretrainConfig:
     device: str = "auto"
     """auto (cuda if available, else cpu), cpu or cuda."""
     precision: str = "auto"
-    """auto (bf16 autocast on CUDA, fp32 on CPU), bf16 or fp32. HSIC always runs in fp32."""
+    """auto (bf16 autocast on CUDA, fp32 on CPU), bf16 or fp32."""
 
     def __post_init__(self) -> None:
-        _choice("method", self.method, METHODS)
+        self.validate()
+
+    def validate(self) -> None:
+        """Range checks shared by every run; subclasses extend this."""
         _choice("data", self.data, DATA_KINDS)
         _choice("device", self.device, DEVICES)
         _choice("precision", self.precision, PRECISIONS)
-        _check(0.0 <= self.mask_ratio < 1.0, f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
-        _check(
-            0.0 <= self.attack_mask_ratio < 1.0, f"attack_mask_ratio must be in [0, 1), got {self.attack_mask_ratio}"
-        )
         _check(self.input_size >= 1 and self.patch_size >= 1, "input_size and patch_size must be positive")
         _check(
             self.input_size % self.patch_size == 0,
             f"input_size {self.input_size} is not a multiple of patch_size {self.patch_size}",
         )
-        num_patches = (self.input_size // self.patch_size) ** 2
-        for name in ("mask_ratio", "attack_mask_ratio"):
-            keep = int(num_patches * (1 - getattr(self, name)))
-            _check(keep >= 1, f"{name} {getattr(self, name)} keeps 0 of {num_patches} patches")
-        _check(self.eps >= 0, f"eps must be >= 0 (in /255 units), got {self.eps}")
-        _check(self.alpha >= 0, f"alpha must be >= 0 (in /255 units), got {self.alpha}")
-        _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
-        _check(self.mi_xpl >= 0, f"mi_xpl must be >= 0, got {self.mi_xpl}")
-        _check(self.hsic_sigma > 0, f"hsic_sigma must be > 0, got {self.hsic_sigma}")
-        _check(self.hsic_ridge > 0, f"hsic_ridge must be > 0, got {self.hsic_ridge}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        _check(
-            not self.uses_hsic or self.batch_size >= 2,
-            f"batch_size must be >= 2 when the HSIC penalty is on (mi_xpl > 0), got {self.batch_size}",
-        )
         _check(self.accum_iter >= 1, f"accum_iter must be >= 1, got {self.accum_iter}")
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check(
@@ -149,9 +112,8 @@ class PretrainConfig:
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
 
     @property
-    def uses_hsic(self) -> bool:
-        """Whether the HSIC penalty is part of the loss."""
-        return self.method == "mimir" and self.mi_xpl > 0
+    def num_patches(self) -> int:
+        return (self.input_size // self.patch_size) ** 2
 
     @property
     def data_kind(self) -> str:
@@ -165,6 +127,61 @@ class PretrainConfig:
         return asdict(self)
 
 
+@dataclass(kw_only=True)
+class PretrainConfig(RunConfig):
+    """A MIMIR or MAE pretraining run."""
+
+    preset: str = "digits"
+    """Named recipe to start from: digits, cifar10_vit_t/_s/_b, tinyimagenet, imagenet_vit_s/_b (flags override it)."""
+    model: str = "mae_vit_micro"
+    """Model factory in ``mimir_fast.models_mae`` (e.g. mae_vit_small, mae_vit_base_patch16)."""
+    norm_pix_loss: bool = True
+    """Normalise each target patch by its mean and unbiased variance (on in every MIMIR script)."""
+    mask_ratio: float = 0.75
+    """Fraction of patches removed in the training forward, in [0, 1)."""
+    method: str = "mimir"
+    """mimir: MAE on PGD examples plus the HSIC penalty; mae: plain MAE (no attack, no HSIC)."""
+    steps: int = 1
+    """PGD steps K of the pretraining attack (MIMIR: 1)."""
+    eps: float = 8.0
+    """L∞ attack radius in /255 units (MIMIR: 8)."""
+    alpha: float = 10.0
+    """Attack step size in /255 units (MIMIR: 10)."""
+    attack_mask_ratio: float = 0.75
+    """Mask ratio of each attack forward; MIMIR's attack uses the forward's default 0.75."""
+    mi_xpl: float = 1e-5
+    """λ, the weight of HSIC(latent, x_adv) in the loss (MIMIR: 1e-5); 0 turns the penalty off."""
+    hsic_sigma: float = 5.0
+    """HSIC Gaussian bandwidth factor σ (MIMIR: 5)."""
+    hsic_ridge: float = 1e-5
+    """HSIC ridge ε in (K̃ + ε m I) (MIMIR: 1e-5)."""
+    output_dir: str = "output_dir"
+    """Where checkpoints, log.txt, TensorBoard events and the reconstruction figure go."""
+
+    def validate(self) -> None:
+        RunConfig.validate(self)
+        _choice("method", self.method, METHODS)
+        for name in ("mask_ratio", "attack_mask_ratio"):
+            value = getattr(self, name)
+            _check(0.0 <= value < 1.0, f"{name} must be in [0, 1), got {value}")
+            _check(int(self.num_patches * (1 - value)) >= 1, f"{name} {value} keeps 0 of {self.num_patches} patches")
+        _check(self.eps >= 0, f"eps must be >= 0 (in /255 units), got {self.eps}")
+        _check(self.alpha >= 0, f"alpha must be >= 0 (in /255 units), got {self.alpha}")
+        _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        _check(self.mi_xpl >= 0, f"mi_xpl must be >= 0, got {self.mi_xpl}")
+        _check(self.hsic_sigma > 0, f"hsic_sigma must be > 0, got {self.hsic_sigma}")
+        _check(self.hsic_ridge > 0, f"hsic_ridge must be > 0, got {self.hsic_ridge}")
+        _check(
+            not self.uses_hsic or self.batch_size >= 2,
+            f"batch_size must be >= 2 when the HSIC penalty is on (mi_xpl > 0), got {self.batch_size}",
+        )
+
+    @property
+    def uses_hsic(self) -> bool:
+        """Whether the HSIC penalty is part of the loss."""
+        return self.method == "mimir" and self.mi_xpl > 0
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -175,18 +192,21 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 @cache
-def field_docs(cls: type = PretrainConfig) -> dict[str, str]:
-    """Map each field of a dataclass to the docstring written under it (used for CLI help)."""
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body
+def field_docs(cls: type) -> dict[str, str]:
+    """Map each field of a dataclass (inherited ones too) to the docstring written under it; the most
+    derived class's docstring wins."""
     docs: dict[str, str] = {}
-    for stmt, nxt in zip(body, body[1:]):
-        if (
-            isinstance(stmt, ast.AnnAssign)
-            and isinstance(stmt.target, ast.Name)
-            and isinstance(nxt, ast.Expr)
-            and isinstance(nxt.value, ast.Constant)
-            and isinstance(nxt.value.value, str)
-        ):
-            docs[stmt.target.id] = " ".join(nxt.value.value.split())
-    return docs
+    for klass in reversed(cls.__mro__):
+        if not is_dataclass(klass) or klass is object:
+            continue
+        body = ast.parse(inspect.getsource(klass)).body[0].body
+        for stmt, nxt in zip(body, body[1:]):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(stmt.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[stmt.target.id] = " ".join(nxt.value.value.split())
+    return {f.name: docs.get(f.name, "") for f in fields(cls)}

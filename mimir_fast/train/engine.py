@@ -1,4 +1,4 @@
-"""One pretraining epoch.
+"""One training epoch, for any objective (``loss_fn``): pretraining and fine-tuning share it.
 
 The step (lr update, forward with the attack, backward, optimizer step) never reads a value back to the
 host. Losses are summed on the device and read only every ``print_freq`` steps, where the run also stops
@@ -11,15 +11,16 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
 from ..errors import TrainingError
 from .logger import Progress, RunLog
-from .objective import LOSS_KEYS, pretrain_losses
 from .optim import lr_at, set_lr
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], dict]
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None):
@@ -32,16 +33,19 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None):
 def train_step(
     model: nn.Module,
     imgs: torch.Tensor,
+    labels: torch.Tensor,
     optimizer: torch.optim.Optimizer,
-    cfg,
+    loss_fn: LossFn,
     amp_dtype: torch.dtype | None,
+    accum_iter: int = 1,
     update: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """One step on a device batch ``imgs`` (N, C, H, W): losses, backward (scaled by 1/accum_iter) and, when
-    ``update``, the optimizer step. Returns the detached losses; never reads a value back to the host."""
+    """One step on a device batch: ``loss_fn(model, imgs (N, C, H, W), labels (N,))``, backward of its
+    ``loss`` scaled by 1/accum_iter and, when ``update``, the optimizer step. Returns the detached losses;
+    never reads a value back to the host."""
     with autocast_context(imgs.device, amp_dtype):
-        losses = pretrain_losses(model, imgs, cfg)
-    (losses["loss"] / cfg.accum_iter).backward()
+        losses = loss_fn(model, imgs, labels)
+    (losses["loss"] / accum_iter).backward()
     if update:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -53,6 +57,8 @@ def train_one_epoch(
     batches: Iterable,
     optimizer: torch.optim.Optimizer,
     cfg,
+    loss_fn: LossFn,
+    loss_keys: tuple[str, ...],
     *,
     epoch: int,
     steps: int,
@@ -65,24 +71,25 @@ def train_one_epoch(
     model.train()
     optimizer.zero_grad(set_to_none=True)
     progress = Progress(epoch, cfg.epochs, steps)
-    sums = torch.zeros(len(LOSS_KEYS), device=device)
+    sums = torch.zeros(len(loss_keys), device=device)
     logged_sums, logged_done = sums.clone(), 0  # at the previous print point
     lr = 0.0
     start = time.perf_counter()
     done = 0
-    for it, (imgs, _) in enumerate(batches):
+    for it, (imgs, labels) in enumerate(batches):
         if it % cfg.accum_iter == 0:
             lr = lr_at(
                 epoch + it / steps, lr=base_lr, min_lr=cfg.min_lr, warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs
             )
             set_lr(optimizer, lr)
-        imgs = imgs.to(device, non_blocking=True)
-        losses = train_step(model, imgs, optimizer, cfg, amp_dtype, update=(it + 1) % cfg.accum_iter == 0)
-        sums += torch.stack([losses[k].float() for k in LOSS_KEYS])
+        imgs, labels = imgs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        losses = train_step(model, imgs, labels, optimizer, loss_fn, amp_dtype, cfg.accum_iter,
+                            update=(it + 1) % cfg.accum_iter == 0)
+        sums += torch.stack([losses[k].float() for k in loss_keys])
         done = it + 1
 
         if done % cfg.print_freq == 0 or done == steps:  # the only host reads of the epoch
-            means = dict(zip(LOSS_KEYS, (sums / done).tolist()))
+            means = dict(zip(loss_keys, (sums / done).tolist()))
             if not all(map(math.isfinite, means.values())):
                 raise TrainingError(
                     f"the loss became non-finite ({means['loss']}) in epoch {epoch} by step {done}; stopping "
@@ -90,11 +97,11 @@ def train_one_epoch(
                 )
             progress.update(done, done * cfg.batch_size, means, lr)
             if run_log is not None:  # TensorBoard gets the mean over the steps since the last print point
-                window = dict(zip(LOSS_KEYS, ((sums - logged_sums) / (done - logged_done)).tolist()))
+                window = dict(zip(loss_keys, ((sums - logged_sums) / (done - logged_done)).tolist()))
                 run_log.scalars({**window, "lr": lr}, int((epoch + (done - 1) / steps) * 1000))
             logged_sums, logged_done = sums.clone(), done
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
-    means = dict(zip(LOSS_KEYS, (sums / max(done, 1)).tolist()))
+    means = dict(zip(loss_keys, (sums / max(done, 1)).tolist()))
     return {**means, "lr": lr, "img_per_sec": done * cfg.batch_size / elapsed, "epoch_time_s": elapsed}

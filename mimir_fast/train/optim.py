@@ -23,14 +23,11 @@ def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dic
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with MAE's betas (0.9, 0.95); the fused implementation on CUDA."""
-    return torch.optim.AdamW(
-        param_groups_weight_decay(model, weight_decay),
-        lr=lr,
-        betas=(0.9, 0.95),
-        fused=device.type == "cuda",
-    )
+def build_optimizer(
+    param_groups: list[dict], lr: float, betas: tuple[float, float], device: torch.device
+) -> torch.optim.AdamW:
+    """AdamW over ``param_groups`` (MAE pretraining uses betas (0.9, 0.95)); the fused kernel on CUDA."""
+    return torch.optim.AdamW(param_groups, lr=lr, betas=betas, fused=device.type == "cuda")
 
 
 def lr_at(epoch: float, *, lr: float, min_lr: float, warmup_epochs: float, epochs: int) -> float:

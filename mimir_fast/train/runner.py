@@ -1,0 +1,212 @@
+"""A whole training run, shared by pretraining and fine-tuning; a ``Task`` supplies what differs.
+
+The runner builds the data and model, resumes, trains seeded epochs, writes atomic checkpoints in MAE's
+layout, logs, and summarises. Reproducibility: each epoch reseeds every RNG from ``(seed, rank, epoch)`` and
+takes its shuffle order from a generator with that seed, so an epoch is a function of the model and
+optimizer state at its start, and resuming from ``checkpoint-{e}.pth`` continues bit-identically on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import build_train_dataset, steps_per_epoch, train_loader
+from ..errors import CheckpointError, ConfigError
+from .checkpoint import checkpoint_path, load_checkpoint, load_model_state, newest_checkpoint, save_checkpoint
+from .config import RunConfig
+from .engine import train_one_epoch
+from .logger import RunLog
+from .optim import build_optimizer
+
+
+class Task:
+    """What a kind of run adds to the shared loop. Subclasses set ``kind`` and ``loss_keys``."""
+
+    kind: str = ""
+    """Recorded in checkpoints as ``args['task']``."""
+    loss_keys: tuple[str, ...] = ("loss",)
+    """The keys ``losses`` returns; ``loss`` is backpropagated."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+
+    def train_transform(self, cfg: RunConfig):
+        raise NotImplementedError
+
+    def build_model(self, cfg: RunConfig, dataset) -> nn.Module:
+        raise NotImplementedError
+
+    def param_groups(self, model: nn.Module, cfg: RunConfig) -> list[dict]:
+        raise NotImplementedError
+
+    def losses(self, model: nn.Module, imgs: torch.Tensor, labels: torch.Tensor, cfg: RunConfig) -> dict:
+        """The step's losses (device tensors; ``loss`` is backpropagated, the rest detached)."""
+        raise NotImplementedError
+
+    def check_resume(self, ckpt: dict, path: Path, cfg: RunConfig) -> None:
+        """Raise ``CheckpointError`` if ``ckpt`` is not a checkpoint this task can resume."""
+
+    def initialise(self, model: nn.Module, cfg: RunConfig) -> None:
+        """Set the starting weights of a fresh (not resumed) run."""
+
+    def after_epoch(self, model: nn.Module, cfg: RunConfig, device: torch.device) -> dict:
+        """Metrics to log after each epoch (e.g. validation accuracy)."""
+        return {}
+
+    def after_run(self, model: nn.Module, cfg: RunConfig, output_dir: Path, device: torch.device) -> dict:
+        """Artifacts to write at the end (e.g. a figure); returns what to report."""
+        return {}
+
+
+@dataclass
+class RunSummary:
+    """What a run reports at the end."""
+
+    final_loss: float | None
+    """Mean loss of the last epoch trained in this run (None if nothing was left to train)."""
+    img_per_sec: float | None
+    """Training images per second over the epochs trained in this run."""
+    checkpoint: Path | None
+    """The newest checkpoint written or resumed."""
+    epochs_trained: int
+    """Epochs trained in this run."""
+    extras: dict = field(default_factory=dict)
+    """Task-specific results: the last epoch's metrics and the end-of-run artifacts."""
+
+    @property
+    def figure(self) -> Path | None:
+        return self.extras.get("figure")
+
+    def line(self) -> str:
+        loss = "n/a" if self.final_loss is None else f"{self.final_loss:.4f}"
+        rate = "n/a" if self.img_per_sec is None else f"{self.img_per_sec:.1f}"
+        val = self.extras.get("val", {})
+        acc = f" | val acc {val['acc1']:.2f}%" if "acc1" in val else ""
+        return f"done: final loss {loss}{acc} | {rate} img/s | checkpoint {self.checkpoint}"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; asking for CUDA without one is a ``ConfigError``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA by default, fp32 (None) on the CPU."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return torch.bfloat16 if precision == "bf16" else None
+
+
+def epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    """A well-mixed 32-bit seed for one (seed, rank, epoch)."""
+    return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def _resume(task: Task, cfg: RunConfig, model, optimizer, output_dir: Path) -> tuple[int, Path | None]:
+    path = Path(cfg.resume) if cfg.resume else (newest_checkpoint(output_dir) if cfg.auto_resume else None)
+    if path is None:
+        task.initialise(model, cfg)
+        return 0, None
+    ckpt = load_checkpoint(path)
+    task.check_resume(ckpt, path, cfg)
+    saved_model = (ckpt.get("args") or {}).get("model")
+    if saved_model and saved_model != cfg.model:
+        raise CheckpointError(f"checkpoint {path} was trained with model {saved_model!r}, but --model is {cfg.model!r}")
+    load_model_state(model, ckpt["model"], path)
+    if "optimizer" not in ckpt or "epoch" not in ckpt:
+        print(f"loaded weights from {path} (it has no optimizer state: starting at epoch 0)")
+        return 0, path
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"checkpoint {path} has an optimizer state that does not fit ({e})") from None
+    for group in optimizer.param_groups:  # run-time choice, not saved state
+        group["fused"] = optimizer.defaults.get("fused")
+    print(f"resumed from {path} (epoch {ckpt['epoch']})")
+    return int(ckpt["epoch"]) + 1, path
+
+
+def run(task: Task, cfg: RunConfig, rank: int = 0, world_size: int = 1) -> RunSummary:
+    """Train ``cfg`` with ``task`` and return the summary (see the module docstring for reproducibility)."""
+    device = resolve_device(cfg.device)
+    amp_dtype = autocast_dtype(cfg.precision, device)
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    dataset = build_train_dataset(cfg, task.train_transform(cfg))
+    steps = steps_per_epoch(cfg, dataset)
+
+    seed_everything(cfg.seed + rank)
+    model = task.build_model(cfg, dataset).to(device)
+    eff_batch = cfg.batch_size * cfg.accum_iter * world_size
+    lr = cfg.lr if cfg.lr is not None else cfg.blr * eff_batch / 256
+    print(f"{task.kind}: model {cfg.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) "
+          f"on {device}, {'bf16 autocast' if amp_dtype else 'fp32'}, method {getattr(cfg, 'method', '-')}")
+    print(f"effective batch size: {eff_batch} ({cfg.batch_size} x {cfg.accum_iter} accum x {world_size} processes)")
+    print(f"lr: {lr:.3e} (base lr {lr * 256 / eff_batch:.3e}), {steps} steps per epoch")
+
+    optimizer = build_optimizer(task.param_groups(model, cfg), lr, task.betas, device)
+    start_epoch, last_ckpt = _resume(task, cfg, model, optimizer, output_dir)
+    args = {**cfg.to_dict(), "task": task.kind}
+    (output_dir / "config.json").write_text(json.dumps(args, indent=2) + "\n")
+
+    def loss_fn(m, imgs, labels):
+        return task.losses(m, imgs, labels, cfg)
+
+    run_log = RunLog(output_dir, Path(cfg.log_dir) if cfg.log_dir else output_dir)
+    stats: dict = {}
+    val: dict = {}
+    images = seconds = 0.0
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            seed = epoch_seed(cfg.seed, rank, epoch)
+            seed_everything(seed)
+            batches = train_loader(cfg, dataset, torch.Generator().manual_seed(seed), device)
+            stats = train_one_epoch(
+                model, batches, optimizer, cfg, loss_fn, task.loss_keys, epoch=epoch, steps=steps, base_lr=lr,
+                device=device, amp_dtype=amp_dtype, run_log=run_log,
+            )
+            val = task.after_epoch(model, cfg, device)
+            images += steps * cfg.batch_size
+            seconds += stats["epoch_time_s"]
+            if epoch % cfg.save_freq == 0 or epoch + 1 == cfg.epochs:
+                state = {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch,
+                    "scaler": {},  # bf16 needs no GradScaler; {} is what a disabled GradScaler saves
+                    "args": args,
+                }
+                last_ckpt = save_checkpoint(state, checkpoint_path(output_dir, epoch))
+            run_log.epoch({**{f"train_{k}": v for k, v in stats.items()}, **{f"test_{k}": v for k, v in val.items()},
+                           "epoch": epoch})
+    finally:
+        run_log.close()
+    if start_epoch >= cfg.epochs:
+        print(f"{last_ckpt} already completed {cfg.epochs} epochs: nothing left to train")
+
+    extras = {**{k: v for k, v in stats.items() if k not in task.loss_keys}, "val": val}
+    extras.update(task.after_run(model, cfg, output_dir, device))
+    return RunSummary(
+        final_loss=stats.get("loss"),
+        img_per_sec=images / seconds if seconds else None,
+        checkpoint=last_ckpt,
+        epochs_trained=max(0, cfg.epochs - start_epoch),
+        extras=extras,
+    )
