@@ -1,5 +1,6 @@
-"""Attacks used in training. ``pgd_mae``: L∞ PGD on a masked autoencoder's self-reconstruction loss."""
+"""Attacks: ``pgd_mae`` (pretraining), and ``pgd``, ``trades_attack``, ``pgd_mi`` on classifiers."""
 
+from .classify import pgd, pgd_mi, trades_attack
 from .pgd_mae import pgd_mae
 
-__all__ = ["pgd_mae"]
+__all__ = ["pgd", "pgd_mae", "pgd_mi", "trades_attack"]

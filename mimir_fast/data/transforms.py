@@ -1,7 +1,7 @@
 """Image transforms. Pixels stay in [0, 1]: no mean/std normalisation anywhere (mimir-spec.md §9.1).
 
-Pretraining follows MIMIR: RandomResizedCrop(scale 0.2–1, bicubic) plus flip for ImageNet-size inputs,
-RandomCrop(padding 4) plus flip for 32 and 64 px inputs (an image of another size is first resized to
+Pretraining follows MIMIR: RandomResizedCrop(scale 0.2–1, bicubic) plus flip for ImageNet-size inputs
+(fine-tuning: scale 0.08–1), RandomCrop(padding 4) plus flip for 32 and 64 px inputs (an image of another size is first resized to
 the input size). Geometric ops run on the PIL image when the input is one, as torchvision's v1 transforms
 did in MIMIR, and on the tensor otherwise. Outputs are (3, S, S) float32 tensors.
 """
@@ -30,13 +30,23 @@ def _to_float() -> list:
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
 
 
-def pretrain_transform(input_size: int) -> v2.Compose:
-    """MIMIR's pretraining augmentation for ``input_size``-pixel inputs."""
+def train_transform(input_size: int, min_crop_scale: float) -> v2.Compose:
+    """Random crop plus flip: padded crop for small inputs, RandomResizedCrop(min_crop_scale–1) above."""
     if input_size <= SMALL_INPUT_MAX:
         ops = [EnsureSize(input_size), v2.RandomCrop(input_size, padding=4)]
     else:
-        ops = [v2.RandomResizedCrop(input_size, scale=(0.2, 1.0), interpolation=InterpolationMode.BICUBIC)]
+        ops = [v2.RandomResizedCrop(input_size, scale=(min_crop_scale, 1.0), interpolation=InterpolationMode.BICUBIC)]
     return v2.Compose([*ops, v2.RandomHorizontalFlip(), *_to_float()])
+
+
+def pretrain_transform(input_size: int) -> v2.Compose:
+    """MIMIR's pretraining augmentation (RandomResizedCrop scale 0.2–1 for large inputs)."""
+    return train_transform(input_size, 0.2)
+
+
+def finetune_transform(input_size: int) -> v2.Compose:
+    """MIMIR's fine-tuning augmentation (no RandAugment, mixup or erasing; timm's crop scale 0.08–1)."""
+    return train_transform(input_size, 0.08)
 
 
 def eval_transform(input_size: int) -> v2.Compose:

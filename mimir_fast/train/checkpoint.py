@@ -87,7 +87,8 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def _strip_module(state_dict: dict) -> dict:
+def strip_module(state_dict: dict) -> dict:
+    """Drop the ``module.`` prefix DDP adds to every key, if present."""
     if state_dict and all(k.startswith("module.") for k in state_dict):
         return {k[len("module.") :]: v for k, v in state_dict.items()}
     return state_dict
@@ -95,7 +96,7 @@ def _strip_module(state_dict: dict) -> dict:
 
 def load_model_state(model: nn.Module, state_dict: dict, source: str | Path) -> None:
     """``load_state_dict(strict=True)``, with a one-line ``CheckpointError`` naming what does not fit."""
-    state_dict = _strip_module(state_dict)
+    state_dict = strip_module(state_dict)
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]

@@ -1,7 +1,7 @@
 """Run configurations: typed dataclasses, a docstring per field, range checks on creation.
 
 ``RunConfig`` holds what every training run shares (optimisation, data, checkpoints, device);
-``PretrainConfig`` adds MIMIR's objective. Field names are the MAE/MIMIR flag names, so ``--blr 1.5e-4``
+``PretrainConfig`` adds MIMIR's objective and ``FinetuneConfig`` adversarial fine-tuning. Field names are the MAE/MIMIR flag names, so ``--blr 1.5e-4``
 sets ``blr``; ``eps`` and ``alpha`` are in /255 units, as MIMIR's scripts pass them. The CLI builds its
 flags and their help from these classes.
 """
@@ -16,6 +16,7 @@ from functools import cache
 from ..errors import ConfigError
 
 METHODS = ("mimir", "mae")
+FINETUNE_METHODS = ("pgd", "trades", "clean")
 DATA_KINDS = ("auto", "digits", "folder", "synthetic")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -180,6 +181,59 @@ class PretrainConfig(RunConfig):
     def uses_hsic(self) -> bool:
         """Whether the HSIC penalty is part of the loss."""
         return self.method == "mimir" and self.mi_xpl > 0
+
+
+@dataclass(kw_only=True)
+class FinetuneConfig(RunConfig):
+    """Adversarial fine-tuning of a classifier (MIMIR ``finetune.py``), from a pretraining checkpoint or scratch."""
+
+    preset: str = "digits"
+    """Named recipe to start from: digits, cifar10_vit_t/_s/_b, imagenet_vit_s/_b (flags override it)."""
+    model: str = "vit_micro"
+    """Classifier factory in ``mimir_fast.models_vit`` (e.g. vit_small, vit_base_patch16)."""
+    num_classes: int = 10
+    """Number of classes; must match the data."""
+    finetune: str | None = None
+    """Pretraining checkpoint (MAE/MIMIR) whose encoder initialises the classifier; none: train from scratch."""
+    method: str = "pgd"
+    """pgd: Madry PGD-AT on adversarial examples only; trades: TRADES; clean: no attack."""
+    steps: int = 2
+    """PGD steps of the training attack (MIMIR: 10 for CIFAR-10, 1 for ImageNet)."""
+    eps: float = 8.0
+    """L∞ training-attack radius in /255 units."""
+    alpha: float = 4.0
+    """Training-attack step size in /255 units."""
+    trades_beta: float = 6.0
+    """TRADES weight of the KL term."""
+    smoothing: float = 0.1
+    """Label smoothing of the cross-entropy."""
+    drop_path: float = 0.1
+    """Drop-path rate of the last block, rising linearly from 0 over depth."""
+    layer_decay: float = 0.65
+    """Layer-wise lr decay: block k gets decay^(depth + 1 − (k + 1)) of the lr (MIMIR: 0.65)."""
+    head_init_std: float = 2e-2
+    """Std of the head's trunc-normal init (MIMIR: 2e-2 for CIFAR-10, 2e-5 for ImageNet)."""
+    epochs: int = 10
+    """Epochs to train."""
+    blr: float = 1e-2
+    """Base learning rate: lr = blr × effective batch / 256, unless lr is given."""
+    min_lr: float = 1e-6
+    """Final learning rate of the cosine schedule."""
+    output_dir: str = "output_dir/finetune"
+    """Where checkpoints, log.txt and TensorBoard events go."""
+
+    def validate(self) -> None:
+        RunConfig.validate(self)
+        _choice("method", self.method, FINETUNE_METHODS)
+        _check(self.num_classes >= 2, f"num_classes must be >= 2, got {self.num_classes}")
+        _check(self.eps >= 0, f"eps must be >= 0 (in /255 units), got {self.eps}")
+        _check(self.alpha >= 0, f"alpha must be >= 0 (in /255 units), got {self.alpha}")
+        _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        _check(self.trades_beta >= 0, f"trades_beta must be >= 0, got {self.trades_beta}")
+        _check(0 <= self.smoothing < 1, f"smoothing must be in [0, 1), got {self.smoothing}")
+        _check(0 <= self.drop_path < 1, f"drop_path must be in [0, 1), got {self.drop_path}")
+        _check(0 < self.layer_decay <= 1, f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        _check(self.head_init_std > 0, f"head_init_std must be > 0, got {self.head_init_std}")
 
 
 def _check(ok: bool, message: str) -> None:

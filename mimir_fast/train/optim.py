@@ -23,6 +23,32 @@ def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dic
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
+def param_groups_layer_decay(model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
+    """MAE's fine-tuning groups (``util/lr_decay.py``): layer-wise lr scales and weight-decay exemptions.
+
+    Layer ids: 0 for ``cls_token``, ``pos_embed`` and ``patch_embed``; k + 1 for block k; depth + 1 for the
+    rest (``fc_norm``, ``head``). A group's ``lr_scale`` is ``layer_decay ** (depth + 1 − id)``. No weight decay
+    for 1-D parameters, ``pos_embed`` and ``cls_token``.
+    """
+    top = len(model.blocks) + 1
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
+            layer = 0
+        elif name.startswith("blocks."):
+            layer = int(name.split(".")[1]) + 1
+        else:
+            layer = top
+        decay = not (p.ndim == 1 or name in ("pos_embed", "cls_token"))
+        group = groups.setdefault((layer, decay), {
+            "params": [], "weight_decay": weight_decay if decay else 0.0, "lr_scale": layer_decay ** (top - layer),
+        })
+        group["params"].append(p)
+    return [groups[k] for k in sorted(groups)]
+
+
 def build_optimizer(
     param_groups: list[dict], lr: float, betas: tuple[float, float], device: torch.device
 ) -> torch.optim.AdamW:

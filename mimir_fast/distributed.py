@@ -1,0 +1,53 @@
+"""Process-group setup from torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), with SLURM's
+``SLURM_PROCID``, ``SLURM_NTASKS`` and ``SLURM_LOCALID`` as a fallback. NCCL on CUDA, gloo on the CPU."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_env() -> DistEnv:
+    """The launcher's rank, world size and local rank (a single process when none is set)."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return DistEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        return DistEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)))
+    return DistEnv()
+
+
+def init_distributed(device: torch.device) -> DistEnv:
+    """Join the process group when launched with more than one process; returns this process's place."""
+    env = dist_env()
+    if env.world_size > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(env.local_rank)
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29500")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=env.rank,
+                                world_size=env.world_size)
+    return env
+
+
+def gather(obj, env: DistEnv) -> list:
+    """Every rank's ``obj``, in rank order (just ``[obj]`` in a single process)."""
+    if env.world_size == 1:
+        return [obj]
+    out = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out

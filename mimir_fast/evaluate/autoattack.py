@@ -1,0 +1,88 @@
+"""AutoAttack with the semantics of fra31/auto-attack, built from torchattacks' attack classes.
+
+We use torchattacks (maintained, on PyPI) for the four attacks, but neither its ``AutoAttack`` wrapper nor
+its ``MultiAttack``: the wrapper runs APGD, APGD-T and FAB for 10 iterations (fra31: 100), keeps Square's
+``resc_schedule=True`` (fra31: False) and seeds once. The configuration below is fra31's (``autoattack.py``
+``__init__`` and ``set_version``):
+
+- ``standard``: APGD-CE (1 restart, 100 iterations, ρ = .75), APGD-T (1 restart, 100 iterations, 9 target
+  classes), FAB-T (1 restart, 100 iterations, 9 targets, α_max .1, η 1.05, β .9), Square (5,000 queries,
+  p_init .8, margin loss, ``resc_schedule=False``).
+- ``rand`` (randomised defences): APGD-CE and APGD-DLR, 1 restart, 100 iterations, EOT over 20 draws.
+
+Targets are the 2nd- to 10th-highest logits of the clean input. torchattacks derives the count as
+``n_classes − 1``, so we pass ``n_classes=min(C, 10)``: 9 targets as in fra31 for C ≥ 10 (passing the true
+C = 1000 would mean 999 targets, torchattacks#188), C − 1 for C < 10 (where fra31 itself fails).
+
+``run_autoattack`` is fra31's ``run_standard_evaluation`` driver: the clean-correct points are attacked by
+each attack in turn, in chunks of ``bs`` re-seeded with ``seed``; a point stays robust only if no attack
+flips it (the worst case per example). With this configuration and driver, a check against fra31 at
+a392200 gave bit-identical adversarial images for both versions on a 10-class CPU model at batch 250 and 16
+(see the README). Both libraries reseed the global RNG; ``run_autoattack`` restores it afterwards.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+VERSIONS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"), "rand": ("apgd-ce", "apgd-dlr")}
+
+
+def build_attacks(model: nn.Module, version: str, eps: float, num_classes: int, seed: int = 0) -> list[tuple]:
+    """``[(name, attack)]`` for fra31's ``version`` at L∞ radius ``eps`` (pixel units)."""
+    try:
+        import torchattacks
+    except ImportError:
+        raise ConfigError(
+            "AutoAttack needs torchattacks: pip install --no-deps torchattacks==3.5.1"
+        ) from None
+    n_cls = min(num_classes, 10)  # torchattacks attacks n_cls - 1 targets: fra31's 9
+    common = dict(norm="Linf", eps=eps, seed=seed)
+    if version == "standard":
+        return [
+            ("apgd-ce", torchattacks.APGD(model, steps=100, n_restarts=1, loss="ce", eot_iter=1, rho=0.75, **common)),
+            ("apgd-t", torchattacks.APGDT(model, steps=100, n_restarts=1, eot_iter=1, rho=0.75, n_classes=n_cls,
+                                          **common)),
+            ("fab-t", torchattacks.FAB(model, steps=100, n_restarts=1, multi_targeted=True, n_classes=n_cls,
+                                       alpha_max=0.1, eta=1.05, beta=0.9, **common)),
+            ("square", torchattacks.Square(model, n_queries=5000, n_restarts=1, p_init=0.8, loss="margin",
+                                           resc_schedule=False, **common)),
+        ]
+    if version == "rand":
+        return [
+            ("apgd-ce", torchattacks.APGD(model, steps=100, n_restarts=1, loss="ce", eot_iter=20, rho=0.75, **common)),
+            ("apgd-dlr", torchattacks.APGD(model, steps=100, n_restarts=1, loss="dlr", eot_iter=20, rho=0.75,
+                                           **common)),
+        ]
+    raise ConfigError(f"unknown AutoAttack version {version!r}; choose one of: {', '.join(VERSIONS)}")
+
+
+def run_autoattack(
+    model: nn.Module, attacks: list[tuple], x: torch.Tensor, y: torch.Tensor, bs: int = 250
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, float]]]:
+    """fra31's driver. x (N, C, H, W) float32 in [0, 1], y (N,) int64.
+
+    Returns ``robust`` (N,) bool, ``x_adv`` (N, C, H, W) (the first successful adversarial example of each
+    broken point, the clean image otherwise) and the number of robust points after each attack,
+    ``[(name, count)]``.
+    """
+    x, y = x.float(), y.long()
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        robust = torch.cat([model(x[i:i + bs]).argmax(1) == y[i:i + bs] for i in range(0, len(x), bs)])
+        x_adv = x.clone()
+        after = []
+        for name, attack in attacks:
+            idx = robust.nonzero().flatten()
+            for i in range(0, idx.numel(), bs):
+                b = idx[i:i + bs]
+                with torch.enable_grad():
+                    adv = attack(x[b], y[b])
+                fooled = model(adv).argmax(1) != y[b]
+                robust[b[fooled]] = False
+                x_adv[b[fooled]] = adv[fooled]
+            after.append((name, int(robust.sum())))
+    return robust, x_adv, after

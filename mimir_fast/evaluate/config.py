@@ -1,0 +1,102 @@
+"""The evaluation configuration (``mimir-fast eval``): one typed dataclass, a docstring per field, range checks."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..errors import ConfigError
+
+ATTACKS = ("clean", "pgd20", "pgd100", "aa", "aa-rand", "pgd-mi")
+PREPROCESSING = ("auto", "none", "Res256Crop224", "BicubicRes256Crop224")
+LARGE_EPS = 64.0  # /255: at or above this, a sound attack should bring accuracy to about 0
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    """What to evaluate and how. Attacks run in fp32 with the model in eval mode."""
+
+    resume: str = ""
+    """The classifier checkpoint to evaluate (from mimir-fast finetune)."""
+    attacks: str = "clean,pgd20,pgd100,aa"
+    """Comma-separated: clean, pgd20, pgd100, aa (AutoAttack standard), aa-rand (AutoAttack rand), pgd-mi."""
+    eps: float = 8.0
+    """L∞ radius in /255 units (RobustBench: 8 for CIFAR-10, 4 for ImageNet)."""
+    alpha: float = 2.0
+    """PGD step size in /255 units at eps (MIMIR: 2 for CIFAR-10, 1 for ImageNet); scaled with eps on the curve."""
+    eps_curve: str = "0,1,2,4,8,16,32,64,128"
+    """Radii (/255) of the PGD-20 robust-accuracy curve; 0 and a large radius feed the integrity checks."""
+    pgd_mi_lambda: float = 1e-5
+    """λ of the PGD-MI adaptive attack (CE + λ·HSIC(features, x'))."""
+    pgd_mi_steps: int = 100
+    """Steps of the PGD-MI adaptive attack (MIMIR: 100)."""
+    n_ex: int | None = None
+    """Evaluate the first n_ex examples of the evaluation set (RobustBench style); all by default."""
+    ids: str | None = None
+    """File listing the examples to evaluate, one per line: indices, or image paths relative to data_path."""
+    data: str = "auto"
+    """auto (folder if data_path is set, else digits), digits or folder."""
+    data_path: str | None = None
+    """Evaluation images: the val/ folder of this root, or the root itself."""
+    preprocessing: str = "auto"
+    """auto (bicubic resize 256/224 and center crop above 64 px), none, Res256Crop224, BicubicRes256Crop224."""
+    model: str | None = None
+    """Classifier name; taken from the checkpoint, and an error if it differs."""
+    num_classes: int | None = None
+    """Number of classes; taken from the checkpoint, and an error if it differs."""
+    input_size: int | None = None
+    """Image size; taken from the checkpoint, and an error if it differs."""
+    batch_size: int = 250
+    """Evaluation batch (fra31's AutoAttack default: 250)."""
+    num_workers: int = 0
+    """DataLoader workers for folder data."""
+    seed: int = 0
+    """Seed of the random starts (PGD: drawn per example, so results do not depend on batching or sharding)."""
+    output_dir: str = "output_dir/eval"
+    """Where eval_results.json and robust_curve.png go."""
+    device: str = "auto"
+    """auto (cuda if available, else cpu), cpu or cuda."""
+
+    def __post_init__(self) -> None:
+        if not self.resume:
+            raise ConfigError("eval needs --resume CHECKPOINT (a classifier from mimir-fast finetune)")
+        for name in self.attack_list:
+            if name not in ATTACKS:
+                raise ConfigError(f"unknown attack {name!r}; choose from: {', '.join(ATTACKS)}")
+        if self.eps < 0:
+            raise ConfigError(f"eps must be >= 0 (in /255 units), got {self.eps}")
+        if self.alpha <= 0:
+            raise ConfigError(f"alpha must be > 0 (in /255 units), got {self.alpha}")
+        for e in self.curve:
+            if e < 0:
+                raise ConfigError(f"eps_curve values must be >= 0, got {e}")
+        if self.preprocessing not in PREPROCESSING:
+            raise ConfigError(f"unknown preprocessing {self.preprocessing!r}; choose one of: {', '.join(PREPROCESSING)}")
+        if self.data not in ("auto", "digits", "folder"):
+            raise ConfigError(f"unknown data {self.data!r}; choose one of: auto, digits, folder")
+        if self.n_ex is not None and self.n_ex < 1:
+            raise ConfigError(f"n_ex must be >= 1, got {self.n_ex}")
+        for name in ("batch_size", "pgd_mi_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.pgd_mi_lambda < 0:
+            raise ConfigError(f"pgd_mi_lambda must be >= 0, got {self.pgd_mi_lambda}")
+
+    @property
+    def attack_list(self) -> list[str]:
+        return [a.strip() for a in self.attacks.split(",") if a.strip()]
+
+    @property
+    def curve(self) -> list[float]:
+        try:
+            return sorted({float(e) for e in self.eps_curve.split(",") if e.strip()})
+        except ValueError:
+            raise ConfigError(f"eps_curve must be comma-separated numbers, got {self.eps_curve!r}") from None
+
+    @property
+    def data_kind(self) -> str:
+        if self.data != "auto":
+            return self.data
+        return "folder" if self.data_path else "digits"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
