@@ -1,4 +1,4 @@
-# make demo : create .venv, install, run the main job on the embedded digits data (CPU or GPU)
+# make demo : create .venv, install, run the whole pipeline on the embedded digits data (CPU or GPU)
 # make test : create .venv if needed, install, run the whole test suite
 #
 # OFFLINE=1 builds .venv on top of the system's site-packages and installs only this package
@@ -20,13 +20,15 @@ else
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -r requirements.txt
+	# torchattacks pins requests~=2.25.1 but never imports it: --no-deps keeps requests/idna/urllib3 as they are
+	$(PY) -m pip install --no-deps torchattacks==3.5.1
 	$(PY) -m pip install --no-deps -e .
 endif
 	touch $(STAMP)
 
 demo: $(STAMP)
 	rm -rf output_dir/demo
-	$(VENV)/bin/mimir-fast pretrain --output_dir output_dir/demo
+	$(VENV)/bin/mimir-fast demo --output_dir output_dir/demo
 
 test: $(STAMP)
 	$(PY) -m pytest tests $(PYTEST_ARGS)

@@ -5,6 +5,7 @@
 - ``mimir-fast finetune [--finetune CKPT] ...``: adversarial fine-tuning of a classifier.
 - ``mimir-fast eval --resume CKPT [--attacks ...]``: robustness evaluation with integrity checks.
 - ``mimir-fast export --resume CKPT --output FILE [--encoder_only]``: weights for timm or other tools.
+- ``mimir-fast demo``: the whole pipeline on the embedded digits, with a comparison table.
 
 Flags are the fields of the command's config class (MAE's and MIMIR's flag names); explicit flags override
 the preset.
@@ -47,6 +48,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .demo import DemoConfig
     from .evaluate.config import EvalConfig
     from .export import ExportConfig
     from .train.config import FinetuneConfig, PretrainConfig
@@ -81,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
         "or with --encoder_only the transformer trunk in MAE's {'model': ...} layout.",
     )
     _add_config_flags(exporter, ExportConfig)
+    demo = sub.add_parser(
+        "demo",
+        help="the whole pipeline on the embedded digits: MIMIR vs MAE pretraining vs scratch, fine-tuned and attacked",
+        description="Pretrain (MIMIR, MAE), adversarially fine-tune (also from scratch) and evaluate on the embedded "
+        "digits, then print a comparison table.",
+    )
+    _add_config_flags(demo, DemoConfig)
     return parser
 
 
@@ -109,6 +118,12 @@ def _export(args: argparse.Namespace) -> None:
     print(f"wrote {export(ExportConfig(**{k: v for k, v in vars(args).items() if k != 'command'}))}")
 
 
+def _demo(args: argparse.Namespace) -> None:
+    from .demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(**{k: v for k, v in vars(args).items() if k != "command"}))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mimir-fast``; returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -119,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             _eval(args)
         elif args.command == "export":
             _export(args)
+        elif args.command == "demo":
+            _demo(args)
     except MimirFastError as e:
         print(f"mimir-fast: error: {one_line(e)}", file=sys.stderr)
         return e.exit_code

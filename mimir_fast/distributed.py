@@ -51,3 +51,10 @@ def gather(obj, env: DistEnv) -> list:
     out = [None] * env.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def finish_distributed() -> None:
+    """Wait for every rank, then leave the process group (a rank that exits early makes gloo abort its peers)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

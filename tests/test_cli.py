@@ -88,7 +88,7 @@ def test_corrupt_and_incompatible_checkpoints(capsys, tmp_path):
     code, _, err = run(["pretrain", "--resume", str(bad), "--output_dir", str(tmp_path / "a")], capsys)
     assert_one_line_error(code, err, "corrupt or not a torch checkpoint", "bad.pth")
 
-    other = mae_vit_micro(img_size=16, patch_size=4)  # 16 patches: the 32 px model has 64
+    other = mae_vit_micro(img_size=32, patch_size=4)  # 64 patches: the 16 px default has 16
     save_checkpoint({"model": other.state_dict(), "epoch": 0}, tmp_path / "other.pth")
     code, _, err = run(["pretrain", "--resume", str(tmp_path / "other.pth"), "--output_dir", str(tmp_path / "b")],
                        capsys)
@@ -105,15 +105,30 @@ def test_cuda_requested_without_a_gpu(capsys, tmp_path):
     assert_one_line_error(code, err, "no CUDA device is available")
 
 
-def test_every_config_field_is_a_documented_flag():
-    docs = field_docs(PretrainConfig)
-    parser = build_parser()
-    sub = parser._subparsers._group_actions[0].choices["pretrain"]
-    flags = {a.dest for a in sub._actions if a.dest not in ("help",)}
-    for name in PretrainConfig.__dataclass_fields__:
-        assert name in flags and docs.get(name), name
-    args = parser.parse_args(["pretrain", "--eps", "4", "--norm_pix_loss", "--no-auto_resume", "--lr", "1e-3"])
+@pytest.mark.parametrize("command,config_path", [
+    ("pretrain", "mimir_fast.train.config:PretrainConfig"),
+    ("finetune", "mimir_fast.train.config:FinetuneConfig"),
+    ("eval", "mimir_fast.evaluate.config:EvalConfig"),
+    ("export", "mimir_fast.export:ExportConfig"),
+    ("demo", "mimir_fast.demo:DemoConfig"),
+])
+def test_every_config_field_is_a_documented_flag(command, config_path):
+    import importlib
+
+    module, name = config_path.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    docs = field_docs(cls)
+    sub = build_parser()._subparsers._group_actions[0].choices[command]
+    flags = {a.dest for a in sub._actions if a.dest != "help"}
+    for field in cls.__dataclass_fields__:
+        assert field in flags and docs.get(field), (command, field)
+
+
+def test_flag_types_parse():
+    args = build_parser().parse_args(["pretrain", "--eps", "4", "--norm_pix_loss", "--no-auto_resume", "--lr", "1e-3"])
     assert (args.eps, args.norm_pix_loss, args.auto_resume, args.lr) == (4.0, True, False, 1e-3)
+    args = build_parser().parse_args(["eval", "--resume", "x", "--n_ex", "5"])
+    assert (args.resume, args.n_ex) == ("x", 5)
 
 
 def test_no_arguments_means_the_digits_default():

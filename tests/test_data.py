@@ -76,6 +76,14 @@ def test_transforms_keep_pixels_in_unit_range(size):
     assert expected in names and "RandomHorizontalFlip" in names and "Normalize" not in names
 
 
+def test_resized_float_images_stay_in_unit_range():
+    img = torch.zeros(3, 32, 32)
+    img[:, 8:24, 8:24] = 1.0  # hard edges make bicubic resampling overshoot
+    for t in (eval_transform(16), pretrain_transform(16), eval_transform(96)):
+        out = t(img)
+        assert out.min() >= 0 and out.max() <= 1
+
+
 def test_small_input_crop_pads_by_four():
     torch.manual_seed(0)
     img = torch.ones(3, 32, 32)
@@ -106,7 +114,7 @@ def test_folder_presets_need_a_data_path():
 
 
 def test_visual_batch_uses_val_images(tmp_path):
-    assert visual_batch(build_config("digits")).shape == (8, 3, 32, 32)
+    assert visual_batch(build_config("digits")).shape == (8, 3, 16, 16)
     _save_images(tmp_path / "d" / "train" / "a", 10)
     _save_images(tmp_path / "d" / "val" / "a", 2, size=(40, 40))
     batch = visual_batch(build_config("digits", data_path=str(tmp_path / "d"), input_size=16))

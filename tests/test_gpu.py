@@ -79,3 +79,16 @@ def test_a_cuda_run_writes_a_checkpoint_that_loads_on_the_cpu(tmp_path):
     ckpt = torch.load(summary.checkpoint, map_location="cpu", weights_only=True)
     cpu_model.load_state_dict(ckpt["model"], strict=True)
     assert summary.final_loss is not None and summary.img_per_sec > 0
+
+
+def test_finetune_and_eval_on_cuda(tmp_path):
+    from mimir_fast.evaluate.config import EvalConfig
+    from mimir_fast.evaluate.run import run_eval
+    from mimir_fast.train.finetune import run_finetune
+    from mimir_fast.train.presets import build_finetune_config
+
+    ft = run_finetune(build_finetune_config("digits", epochs=1, device="cuda", output_dir=str(tmp_path / "ft")))
+    report = run_eval(EvalConfig(resume=str(ft.checkpoint), attacks="clean,pgd20", n_ex=64, eps_curve="0,8,128",
+                                 device="cuda", output_dir=str(tmp_path / "ev")))
+    statuses = {c["name"]: c["status"] for c in report["checks"]}
+    assert statuses["eps0_equals_clean"] == "pass" and statuses["perturbation_within_eps"] == "pass"

@@ -26,8 +26,15 @@ class EnsureSize:
         return img if (h, w) == (self.size, self.size) else self.resize(img)
 
 
+class Clamp01:
+    """Clamp to [0, 1]: bicubic resampling of float tensors overshoots the range slightly."""
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        return img.clamp(0, 1)
+
+
 def _to_float() -> list:
-    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), Clamp01()]
 
 
 def train_transform(input_size: int, min_crop_scale: float) -> v2.Compose:

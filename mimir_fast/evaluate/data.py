@@ -19,14 +19,14 @@ from ..data.digits import NUM_CLASSES as DIGITS_CLASSES
 from ..data.digits import digits_split
 from ..data.folder import ImageFiles, split_root
 from ..data.tensors import TensorImages
-from ..data.transforms import eval_transform
+from ..data.transforms import Clamp01, eval_transform
 from ..errors import DataError
 from .config import EvalConfig
 
 
 def preprocessing(name: str, input_size: int):
     """The named transform to (3, S, S) float32 in [0, 1]."""
-    to_float = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    to_float = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), Clamp01()]
     if name == "auto":
         return eval_transform(input_size)
     if name == "none":

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..distributed import gather, init_distributed
+from ..distributed import finish_distributed, gather, init_distributed
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models_vit import create_classifier, is_classifier_state
 from ..train.checkpoint import load_checkpoint, load_model_state
@@ -78,31 +78,18 @@ def _merge(parts: list[ShardResult], order: list[int]) -> ShardResult:
     return merged
 
 
-def run_eval(cfg: EvalConfig) -> dict | None:
-    """Evaluate ``cfg``; returns the report on rank 0 (None on other ranks)."""
-    device = resolve_device(cfg.device)
-    env = init_distributed(device)
-    model, info = load_classifier(cfg, device)
-    dataset = eval_dataset(cfg, info.input_size)
-    found = getattr(dataset, "num_classes", None)
-    if found is not None and found > info.num_classes:
-        raise DataError(f"the evaluation data has {found} classes, but the classifier has {info.num_classes}")
-    order = subset_indices(cfg, dataset)
-    shard = order[env.rank::env.world_size]
-    x, y = load_examples(dataset, shard, info.input_size)
-    part = attack_shard(model, x.to(device), y.to(device), shard, cfg, info.num_classes)
-    parts = gather(part, env)
-    if not env.is_main:
-        return None
+def build_report(cfg: EvalConfig, info: ClassifierInfo, parts: list[ShardResult], order: list[int],
+                 world_size: int = 1) -> dict:
+    """Merge the ranks' shard results and compute accuracies, the curve and the integrity checks."""
     merged = _merge(parts, order)
     n = len(order)
     accuracy = {key: accuracy_of(values) for key, values in merged.correct.items()}
     aa_after = {k: [(name, 100.0 * c / n if n else 0.0) for name, c in v] for k, v in merged.aa_after.items()}
-    report = {
+    return {
         "checkpoint": str(cfg.resume), "model": info.model, "num_classes": info.num_classes,
         "input_size": info.input_size, "patch_size": info.patch_size, "n_examples": n,
         "subset": cfg.ids or (f"first {cfg.n_ex}" if cfg.n_ex else "all"), "preprocessing": cfg.preprocessing,
-        "eps": cfg.eps, "alpha": cfg.alpha, "seed": cfg.seed, "world_size": env.world_size, "precision": "fp32",
+        "eps": cfg.eps, "alpha": cfg.alpha, "seed": cfg.seed, "world_size": world_size, "precision": "fp32",
         "accuracy": {k: v for k, v in accuracy.items() if not k.startswith("curve:")},
         "attacks": {k: {"seconds": merged.seconds[k], "max_perturbation": merged.max_perturbation.get(k)}
                     for k in merged.correct if not k.startswith("curve:")},
@@ -111,8 +98,34 @@ def run_eval(cfg: EvalConfig) -> dict | None:
         "checks": run_checks(cfg, accuracy, merged.correct, n, merged.zero_grad, aa_after, merged.max_perturbation),
         "per_example": {"index": merged.indices, **merged.correct},
         "config": cfg.to_dict(),
-        "env": {"torch": torch.__version__, "device": str(device), "python": platform.python_version()},
+        "env": {"torch": torch.__version__, "python": platform.python_version()},
     }
+
+
+def run_eval(cfg: EvalConfig) -> dict | None:
+    """Evaluate ``cfg``; returns the report on rank 0 (None on other ranks)."""
+    device = resolve_device(cfg.device)
+    env = init_distributed(device)
+    try:
+        return _evaluate(cfg, device, env)
+    finally:
+        finish_distributed()
+
+
+def _evaluate(cfg: EvalConfig, device: torch.device, env) -> dict | None:
+    model, info = load_classifier(cfg, device)
+    dataset = eval_dataset(cfg, info.input_size)
+    found = getattr(dataset, "num_classes", None)
+    if found is not None and found > info.num_classes:
+        raise DataError(f"the evaluation data has {found} classes, but the classifier has {info.num_classes}")
+    order = subset_indices(cfg, dataset)
+    shard = order[env.rank::env.world_size]
+    x, y = load_examples(dataset, shard, info.input_size)
+    parts = gather(attack_shard(model, x.to(device), y.to(device), shard, cfg, info.num_classes), env)
+    if not env.is_main:
+        return None
+    report = build_report(cfg, info, parts, order, env.world_size)
+    report["env"]["device"] = str(device)
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     report["files"] = {"json": str(output_dir / "eval_results.json"),

@@ -11,7 +11,8 @@ Fine-tuning (``FINETUNE_PRESETS``) follows §5: label smoothing 0.1, layer decay
 ε = 8/255, α = 2/255, head std 2e-2. ImageNet: 100 epochs, 10 warmup, blr 1e-3 at batch 256 per GPU (MIMIR:
 4 × 256), PGD-1 at ε = 4/255, α = 5/255, head std 2e-5.
 
-``digits`` is the default of both: small models on the embedded digits, minutes on a CPU.
+``digits`` is the default of both: small models on the embedded digits at 16 px, minutes on a CPU; fine-tuning
+uses PGD-2 at ε = 8/255 with step 2/255 for 10 epochs.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from .config import FinetuneConfig, PretrainConfig, RunConfig
 
 
 def digits() -> PretrainConfig:
-    """CPU demo: mae_vit_micro, 32 px, patch 4, batch 64, on the embedded digits."""
-    return PretrainConfig(preset="digits")
+    """CPU demo: mae_vit_micro on the embedded digits at 16 px (their native 8 × 8 upsampled twice), patch 4
+    (16 patches, 4 kept), batch 64, 30 epochs; about 1.5 minutes on 2 CPU cores."""
+    return PretrainConfig(preset="digits", input_size=16, epochs=30, warmup_epochs=2)
 
 
 def _mimir(preset: str, model: str, input_size: int, patch_size: int, batch_size: int) -> PretrainConfig:
@@ -97,7 +99,7 @@ def _imagenet_ft(preset: str, model: str) -> FinetuneConfig:
 
 
 FINETUNE_PRESETS: dict[str, Callable[[], FinetuneConfig]] = {
-    "digits": lambda: FinetuneConfig(preset="digits"),
+    "digits": lambda: FinetuneConfig(preset="digits", input_size=16, alpha=2.0),
     "cifar10_vit_t": lambda: _cifar10_ft("cifar10_vit_t", "vit_ti"),
     "cifar10_vit_s": lambda: _cifar10_ft("cifar10_vit_s", "vit_small"),
     "cifar10_vit_b": lambda: _cifar10_ft("cifar10_vit_b", "vit_base"),
