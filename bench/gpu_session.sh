@@ -8,6 +8,8 @@ OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
 unset TRITON_INTERPRET
 python -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.txt" 2>&1 || export PYTHONPATH=$PWD
+# AutoAttack needs torchattacks (140 KB): carry its wheel in wheels/ (pip download --no-deps torchattacks==3.5.1)
+ls wheels/torchattacks-*.whl >/dev/null 2>&1 && python -m pip install -q --no-deps wheels/torchattacks-*.whl >>"$OUT/install.txt" 2>&1
 { nvidia-smi; python -c "import torch, triton; print(torch.__version__, triton.__version__)"; } >"$OUT/env.txt" 2>&1
 python -m pytest tests -q -x -p no:cacheprovider >"$OUT/tests.txt" 2>&1; echo "tests rc=$?" >>"$OUT/tests.txt"
 python -m bench.ops --out "$OUT" >"$OUT/bench_ops.txt" 2>&1

@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser(
         "eval",
         help="robustness evaluation of a classifier: clean, PGD-20/100, AutoAttack, PGD-MI, with integrity checks",
-        description="Evaluate a classifier checkpoint (fp32, eval mode): clean accuracy, PGD-20 and PGD-100, AutoAttack "
+        description="Evaluate a classifier checkpoint (fp32, eval mode): clean accuracy, PGD-20 and PGD-100, "
+        "AutoAttack "
         "(fra31 standard or rand), MIMIR's adaptive PGD-MI, a PGD-20 robust-accuracy curve, and integrity checks. "
         "Shards examples across ranks under torchrun.",
     )
@@ -79,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     exporter = sub.add_parser(
         "export",
         help="write a classifier's weights for timm (or an encoder-only file)",
-        description="Export a classifier state_dict that loads strict into timm's VisionTransformer(global_pool='avg'), "
+        description="Export a classifier state_dict that loads strict into timm's "
+        "VisionTransformer(global_pool='avg'), "
         "or with --encoder_only the transformer trunk in MAE's {'model': ...} layout.",
     )
     _add_config_flags(exporter, ExportConfig)

@@ -10,7 +10,7 @@ from PIL import Image
 from mimir_fast.cli import build_parser, main
 from mimir_fast.models_mae import mae_vit_micro
 from mimir_fast.train.checkpoint import save_checkpoint
-from mimir_fast.train.config import PretrainConfig, field_docs
+from mimir_fast.train.config import field_docs
 from mimir_fast.train.presets import PRESETS, build_config
 
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from mimir_fast.cli import main
 from mimir_fast.evaluate.config import EvalConfig
 from mimir_fast.evaluate.data import preprocessing
 from mimir_fast.evaluate.run import ClassifierInfo, build_report

@@ -1,9 +1,10 @@
 """Image transforms. Pixels stay in [0, 1]: no mean/std normalisation anywhere (mimir-spec.md §9.1).
 
 Pretraining follows MIMIR: RandomResizedCrop(scale 0.2–1, bicubic) plus flip for ImageNet-size inputs
-(fine-tuning: scale 0.08–1), RandomCrop(padding 4) plus flip for 32 and 64 px inputs (an image of another size is first resized to
-the input size). Geometric ops run on the PIL image when the input is one, as torchvision's v1 transforms
-did in MIMIR, and on the tensor otherwise. Outputs are (3, S, S) float32 tensors.
+(fine-tuning: scale 0.08–1), RandomCrop(padding 4) plus flip for 32 and 64 px inputs (an image of another
+size is first resized to the input size). Geometric ops run on the PIL image when the input is one, as
+torchvision's v1 transforms did in MIMIR, and on the tensor otherwise. Outputs are (3, S, S) float32 tensors,
+clamped to [0, 1].
 """
 
 from __future__ import annotations

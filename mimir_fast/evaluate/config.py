@@ -70,7 +70,9 @@ class EvalConfig:
             if e < 0:
                 raise ConfigError(f"eps_curve values must be >= 0, got {e}")
         if self.preprocessing not in PREPROCESSING:
-            raise ConfigError(f"unknown preprocessing {self.preprocessing!r}; choose one of: {', '.join(PREPROCESSING)}")
+            raise ConfigError(
+                f"unknown preprocessing {self.preprocessing!r}; choose one of: {', '.join(PREPROCESSING)}"
+            )
         if self.data not in ("auto", "digits", "folder"):
             raise ConfigError(f"unknown data {self.data!r}; choose one of: auto, digits, folder")
         if self.n_ex is not None and self.n_ex < 1:

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 
-
 def write_json(report: dict, output_dir: Path) -> Path:
     path = output_dir / "eval_results.json"
     tmp = path.with_name(path.name + ".tmp")

@@ -1,9 +1,9 @@
 """Run configurations: typed dataclasses, a docstring per field, range checks on creation.
 
 ``RunConfig`` holds what every training run shares (optimisation, data, checkpoints, device);
-``PretrainConfig`` adds MIMIR's objective and ``FinetuneConfig`` adversarial fine-tuning. Field names are the MAE/MIMIR flag names, so ``--blr 1.5e-4``
-sets ``blr``; ``eps`` and ``alpha`` are in /255 units, as MIMIR's scripts pass them. The CLI builds its
-flags and their help from these classes.
+``PretrainConfig`` adds MIMIR's objective and ``FinetuneConfig`` adversarial fine-tuning. Field names are
+the MAE/MIMIR flag names, so ``--blr 1.5e-4`` sets ``blr``; ``eps`` and ``alpha`` are in /255 units, as MIMIR's
+scripts pass them. The CLI builds its flags and their help from these classes.
 """
 
 from __future__ import annotations
@@ -24,13 +24,15 @@ PRECISIONS = ("auto", "bf16", "fp32")
 
 @dataclass(kw_only=True)
 class RunConfig:
-    """What every training run needs. Create it with keywords; invalid values raise ``ConfigError``."""
+    """What every training run needs. Create it with keywords; invalid values raise ``ConfigError``.
+
+    The defaults of each config class are its ``digits`` recipe (the CPU demo)."""
 
     preset: str = "digits"
     """Named recipe to start from (flags override it); see the command's --help for the list."""
     model: str = ""
     """Model factory name."""
-    input_size: int = 32
+    input_size: int = 16
     """Square image side in pixels; a multiple of patch_size."""
     patch_size: int = 4
     """Square patch side in pixels (MIMIR: 2 for CIFAR-10, 16 for ImageNet)."""
@@ -134,6 +136,10 @@ class PretrainConfig(RunConfig):
     """Named recipe to start from: digits, cifar10_vit_t/_s/_b, tinyimagenet, imagenet_vit_s/_b (flags override it)."""
     model: str = "mae_vit_micro"
     """Model factory in ``mimir_fast.models_mae`` (e.g. mae_vit_small, mae_vit_base_patch16)."""
+    epochs: int = 30
+    """Epochs to train."""
+    warmup_epochs: float = 2.0
+    """Epochs of linear lr warmup from 0, then half-cosine decay to min_lr (past epochs: warmup never ends)."""
     norm_pix_loss: bool = True
     """Normalise each target patch by its mean and unbiased variance (on in every MIMIR script)."""
     mask_ratio: float = 0.75
@@ -199,7 +205,7 @@ class FinetuneConfig(RunConfig):
     """PGD steps of the training attack (MIMIR: 10 for CIFAR-10, 1 for ImageNet)."""
     eps: float = 8.0
     """L∞ training-attack radius in /255 units."""
-    alpha: float = 4.0
+    alpha: float = 2.0
     """Training-attack step size in /255 units."""
     trades_beta: float = 6.0
     """TRADES weight of the KL term."""

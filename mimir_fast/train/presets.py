@@ -27,7 +27,7 @@ from .config import FinetuneConfig, PretrainConfig, RunConfig
 def digits() -> PretrainConfig:
     """CPU demo: mae_vit_micro on the embedded digits at 16 px (their native 8 × 8 upsampled twice), patch 4
     (16 patches, 4 kept), batch 64, 30 epochs; about 1.5 minutes on 2 CPU cores."""
-    return PretrainConfig(preset="digits", input_size=16, epochs=30, warmup_epochs=2)
+    return PretrainConfig(preset="digits")
 
 
 def _mimir(preset: str, model: str, input_size: int, patch_size: int, batch_size: int) -> PretrainConfig:
@@ -99,7 +99,7 @@ def _imagenet_ft(preset: str, model: str) -> FinetuneConfig:
 
 
 FINETUNE_PRESETS: dict[str, Callable[[], FinetuneConfig]] = {
-    "digits": lambda: FinetuneConfig(preset="digits", input_size=16, alpha=2.0),
+    "digits": lambda: FinetuneConfig(preset="digits"),
     "cifar10_vit_t": lambda: _cifar10_ft("cifar10_vit_t", "vit_ti"),
     "cifar10_vit_s": lambda: _cifar10_ft("cifar10_vit_s", "vit_small"),
     "cifar10_vit_b": lambda: _cifar10_ft("cifar10_vit_b", "vit_base"),
