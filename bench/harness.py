@@ -138,8 +138,9 @@ class FlopCount(TorchDispatchMode):
         return out
 
 
-def write_results(out_dir: str | Path, suite: str, device: torch.device, results: list[dict]) -> Path:
-    """Write the suite's JSON document and return its path."""
+def write_results(out_dir: str | Path, suite: str, device: torch.device, results: list[dict],
+                  extra: dict | None = None) -> Path:
+    """Write the suite's JSON document (``extra`` adds top-level fields) and return its path."""
     env = environment(device)
     slug = re.sub(r"[^a-z0-9]+", "-", env["device"].lower()).strip("-")[:32] or device.type
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -147,6 +148,6 @@ def write_results(out_dir: str | Path, suite: str, device: torch.device, results
     path = Path(out_dir) / f"{suite}_{slug}_{now:%Y%m%d}_{sha}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"schema": SCHEMA, "suite": suite, "created_utc": now.isoformat(timespec="seconds"), "argv": sys.argv,
-           "env": env, "results": results}
+           "env": env, **(extra or {}), "results": results}
     path.write_text(json.dumps(doc, indent=2) + "\n")
     return path

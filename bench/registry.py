@@ -1,17 +1,28 @@
-"""One registry entry per op: named shapes, an input factory, the providers to time and a FLOP formula.
+"""One registry entry per op: named shapes, an input factory, the providers to time, FLOP and byte formulas.
 
-Providers: ``ref`` (the eager reference in ``mimir_fast.ops``) and ``ref_compiled`` (``torch.compile`` of it),
-the two baselines every kernel is measured against; the kernel issue adds ``triton``.
+Each op's entry is ``SPEC`` in ``bench/specs/<op>.py`` (the op's name, as in ``kernels/``, ``mimir_fast/ops/``
+and ``tests/ops/``). Providers: ``ref`` (the eager reference), ``ref_compiled`` (``torch.compile`` of the
+reference; the two baselines every kernel is measured against) and ``triton`` (the op with its kernel forced);
+an op may add more (e.g. the SDPA backends for attention).
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-from mimir_fast.ops import hsic_normalized_cca
+OP_NAMES = (
+    "hsic_normalized_cca",
+    "hsic_gram",
+    "patch_embed_visible",
+    "decoder_unshuffle",
+    "masked_mse_loss",
+    "visible_attention",
+)
+"""Every benchmarked op; ``bench/specs/<name>.py`` defines its ``SPEC``."""
 
 
 @dataclass(frozen=True)
@@ -19,48 +30,30 @@ class OpSpec:
     """A benchmarked op."""
 
     name: str
-    """The op's name, the same in kernels/, mimir_fast/ops/, tests/ and here."""
+    """The op's name, the same in kernels/, mimir_fast/ops/, tests/ops/ and here."""
     shapes: dict[str, dict]
-    """Named shape configurations."""
-    make_inputs: Callable[[dict, torch.device, bool], tuple]
-    """(shape, device, requires_grad) -> positional inputs."""
+    """Named shape configurations (e.g. ``vit_b_224_b256``)."""
+    make_inputs: Callable[[dict, torch.device, torch.dtype, bool], tuple]
+    """(shape, device, dtype, requires_grad) -> positional inputs of every provider."""
     providers: dict[str, Callable[[], Callable]] = field(default_factory=dict)
-    """Provider name -> a factory returning the callable to time."""
+    """Provider name -> a factory returning the callable to time (called once per shape)."""
     flops: Callable[[dict, str], float] | None = None
-    """(shape, mode) -> FLOPs of one call, for TFLOP/s."""
+    """(shape, mode) -> FLOPs of one call, for TFLOP/s and the share of the matmul peak."""
+    bytes: Callable[[dict, str, torch.dtype], float] | None = None
+    """(shape, mode, dtype) -> bytes one call must move at least, for GB/s and the share of copy bandwidth."""
     grad_argnums: tuple[int, ...] = (0,)
     """Inputs that receive gradients in fwdbwd mode."""
+    kernel: str | None = "triton"
+    """The provider that is this project's kernel (None for ops that only have a reference)."""
 
 
-def _hsic_inputs(shape: dict, device: torch.device, requires_grad: bool) -> tuple:
-    m = shape["m"]
-    z = torch.randn(m, shape["tokens"], shape["dim"], device=device, requires_grad=requires_grad)
-    x = torch.rand(m, 3, shape["px"], shape["px"], device=device)
-    return z, x
+def load(name: str) -> OpSpec:
+    """The ``SPEC`` of one op; an unknown name is a ``KeyError`` listing the known ones."""
+    if name not in OP_NAMES:
+        raise KeyError(f"unknown op {name!r}; known: {', '.join(OP_NAMES)}")
+    return importlib.import_module(f"bench.specs.{name}").SPEC
 
 
-def _hsic_flops(shape: dict, mode: str) -> float:
-    """Two Gram matrices (2 m² d each), two LU factorisations (⅔ m³) and m-column solves (2 m³) per system;
-    backward adds one m² × d_z GEMM and about the same solve work again."""
-    m, dz, dx = shape["m"], shape["tokens"] * shape["dim"], 3 * shape["px"] ** 2
-    fwd = 2 * m * m * (dz + dx) + 2 * (2 / 3 * m**3 + 2 * m**3)
-    return fwd if mode == "fwd" else fwd + 2 * m * m * dz + 2 * (2 / 3 * m**3 + 2 * m**3)
-
-
-REGISTRY: dict[str, OpSpec] = {
-    "hsic_normalized_cca": OpSpec(
-        name="hsic_normalized_cca",
-        shapes={
-            "tiny": dict(m=32, tokens=17, dim=64, px=16),
-            "cifar10_vit_s": dict(m=128, tokens=65, dim=384, px=32),  # MIMIR CIFAR-10, patch 2, per-GPU batch
-            "imagenet_vit_b_b256": dict(m=256, tokens=50, dim=768, px=224),
-            "imagenet_vit_b_b512": dict(m=512, tokens=50, dim=768, px=224),  # MIMIR ImageNet per-GPU batch
-        },
-        make_inputs=_hsic_inputs,
-        providers={
-            "ref": lambda: hsic_normalized_cca,
-            "ref_compiled": lambda: torch.compile(hsic_normalized_cca),
-        },
-        flops=_hsic_flops,
-    ),
-}
+def registry() -> dict[str, OpSpec]:
+    """Every op's ``SPEC``, by name."""
+    return {name: load(name) for name in OP_NAMES}

@@ -1,7 +1,13 @@
-"""Triton kernels for mimir_fast, installed as ``mimir_fast.kernels``.
+"""Triton kernels for mimir_fast, installed as ``mimir_fast.kernels`` (an unrelated PyPI package owns ``kernels``).
 
-Nothing lives here yet: every op currently runs its plain-PyTorch reference in ``mimir_fast.ops``.
-The fused patch gather, visible-token attention and batched HSIC Gram kernels arrive with the
-kernel issue; each will sit in ``kernels/<op>.py`` beside its reference in ``mimir_fast/ops/<op>.py``.
-This package must stay importable without a GPU and without importing triton at import time.
+One module per op, beside its reference, autograd registration and dispatch in ``mimir_fast/ops/<op>.py``:
+
+- ``patch_embed_visible``: patch embedding of the kept patches only, + bias + positions (MAE encoder input);
+- ``decoder_unshuffle``: visible tokens back in place, mask tokens, decoder positions (MAE decoder input);
+- ``masked_mse_loss``: MAE's (norm-pix) loss on the removed patches, read straight from the images;
+- ``visible_attention``: flash attention, forward and backward, on the fixed-length visible token set;
+- ``hsic_gram``: both centred Gaussian kernel matrices of MIMIR's HSIC in one launch (split-K, symmetric tiles).
+
+Importing this package imports nothing: ``mimir_fast.ops`` imports each kernel module lazily, the first time
+its kernel runs, so the package works without triton and without a GPU.
 """

@@ -26,6 +26,9 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
+from .ops.decoder_unshuffle import decoder_unshuffle
+from .ops.masked_mse_loss import masked_mse_loss
+from .ops.patch_embed_visible import patch_embed_visible
 from .pos_embed import sincos_2d
 from .vit_layers import Block, PatchEmbed
 
@@ -172,9 +175,17 @@ class MaskedAutoencoderViT(nn.Module):
         Returns ``latent`` (N, 1 + L_keep, D) after the final norm (CLS first, then the kept tokens in
         shuffled order), ``mask`` (N, L) and ``ids_restore`` (N, L).
         """
-        x = self.patch_embed(x) + self.pos_embed[:, 1:, :]  # (N, L, D)
-        x, mask, ids_restore = self.random_masking(x, mask_ratio, noise)
-        cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
+        if tuple(x.shape[-2:]) != self.patch_embed.img_size:
+            raise ValueError(f"input is {tuple(x.shape[-2:])} pixels but the model expects {self.patch_embed.img_size}")
+        n, length = x.shape[0], self.patch_embed.num_patches
+        len_keep = int(length * (1 - mask_ratio))
+        if noise is None:
+            noise = torch.rand(n, length, device=x.device)  # MAE's draw (random_masking's)
+        ids_keep, ids_restore, mask = masking_indices(noise, len_keep)
+        proj = self.patch_embed.proj
+        # = random_masking(patch_embed(x) + pos_embed[:, 1:]), embedding only the kept patches
+        x = patch_embed_visible(x, proj.weight, proj.bias, self.pos_embed[0, 1:], ids_keep)  # (N, L_keep, D)
+        cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(n, -1, -1)
         x = torch.cat((cls, x), dim=1)  # (N, 1 + L_keep, D)
         for blk in self.blocks:
             x = blk(x)
@@ -183,12 +194,8 @@ class MaskedAutoencoderViT(nn.Module):
     def forward_decoder(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """Decode ``latent`` (N, 1 + L_keep, D) into per-patch pixel predictions (N, L, p·p·C)."""
         x = self.decoder_embed(x)  # (N, 1 + L_keep, Dd)
-        n, t, dd = x.shape
-        length = ids_restore.shape[1]
-        mask_tokens = self.mask_token.expand(n, length + 1 - t, -1)
-        x_ = torch.cat([x[:, 1:, :], mask_tokens], dim=1)  # (N, L, Dd) in shuffled order
-        x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, dd))  # back to patch order
-        x = torch.cat([x[:, :1, :], x_], dim=1) + self.decoder_pos_embed  # (N, 1 + L, Dd)
+        # visible tokens back in patch order, mask tokens elsewhere, + positions: (N, 1 + L, Dd)
+        x = decoder_unshuffle(x, self.mask_token.reshape(-1), ids_restore, self.decoder_pos_embed[0])
         for blk in self.decoder_blocks:
             x = blk(x)
         x = self.decoder_pred(self.decoder_norm(x))
@@ -206,13 +213,9 @@ class MaskedAutoencoderViT(nn.Module):
         Returns:
             A scalar: the per-patch mean squared error averaged over removed patches.
         """
-        target = self.patchify(imgs)
-        if self.norm_pix_loss:
-            mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True)
-            target = (target - mean) / (var + 1.0e-6) ** 0.5
-        loss = ((pred - target) ** 2).mean(dim=-1)  # (N, L)
-        return (loss * mask).sum() / mask.sum()
+        if tuple(imgs.shape[-2:]) != self.patch_embed.img_size:
+            raise ValueError(f"patchify needs {self.patch_embed.img_size} images, got {tuple(imgs.shape[-2:])}")
+        return masked_mse_loss(imgs, pred, mask, self.patch_embed.patch_size[0], self.norm_pix_loss)
 
     def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, adv_images: torch.Tensor | None = None):
         """MAE or MIMIR forward.

@@ -3,7 +3,8 @@
 The names and shapes (``patch_embed.proj``, ``blocks.i.norm1``, ``blocks.i.attn.qkv``, ``blocks.i.attn.proj``,
 ``blocks.i.norm2``, ``blocks.i.mlp.fc1``, ``blocks.i.mlp.fc2``) are those of timm's ``PatchEmbed`` and ``Block``,
 so MAE, MIMIR and timm state_dicts load with ``strict=True``. Attention goes through
-``torch.nn.functional.scaled_dot_product_attention``; nothing here depends on timm.
+``mimir_fast.ops.visible_attention`` (torch's ``scaled_dot_product_attention`` unless the Triton kernel is
+selected); nothing here depends on timm.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .ops.visible_attention import visible_attention
 
 
 class PatchEmbed(nn.Module):
@@ -62,7 +64,7 @@ class Attention(nn.Module):
         n, t, d = x.shape
         qkv = self.qkv(x).reshape(n, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (N, heads, T, head_dim)
-        x = F.scaled_dot_product_attention(q, k, v)  # (N, heads, T, head_dim)
+        x = visible_attention(q, k, v)  # (N, heads, T, head_dim): the Triton kernel or SDPA (ops._dispatch)
         return self.proj(x.transpose(1, 2).reshape(n, t, d))
 
 

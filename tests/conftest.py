@@ -1,11 +1,14 @@
-"""Shared test setup: Triton's CPU interpreter for kernels, the ``gpu`` marker, fixed seeds."""
+"""Shared test setup: Triton's CPU interpreter for kernels, NaN-filled kernel outputs, the ``gpu`` marker,
+fixed seeds."""
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede any @triton.jit definition
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+if not torch.cuda.is_available():
+    # Kernels are imported lazily, so this precedes every @triton.jit definition.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -20,3 +23,17 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _poison_kernel_outputs(monkeypatch):
+    """Every buffer a Triton launcher allocates starts as NaN, so an unwritten element fails its test."""
+    from mimir_fast.kernels import _utils
+
+    monkeypatch.setattr(_utils, "POISON_OUTPUTS", True)
+
+
+@pytest.fixture
+def kernel_device() -> torch.device:
+    """Where kernel tests run: the GPU when there is one, else the CPU under Triton's interpreter."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

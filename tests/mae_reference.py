@@ -98,7 +98,7 @@ class ReferenceMAE(nn.Module):
         order = torch.argsort(noise, dim=1)  # ascending: the smallest noise values are kept
         restore = torch.argsort(order, dim=1)
         kept = torch.stack([x[b, order[b, :keep]] for b in range(n)])
-        mask = torch.ones(n, length)
+        mask = torch.ones(n, length, device=x.device)
         for b in range(n):
             mask[b, order[b, :keep]] = 0
         return kept, mask, restore

@@ -38,9 +38,9 @@ def test_mimir_step_matches_the_spec(steps, mask_ratio):
 def test_attack_uses_its_own_mask_ratio(monkeypatch):
     model = tiny_mae()
     ratios = []
-    original = type(model).random_masking
-    monkeypatch.setattr(type(model), "random_masking", lambda self, x, r, noise=None: (ratios.append(r),
-                                                                                       original(self, x, r, noise))[1])
+    original = type(model).forward_encoder
+    monkeypatch.setattr(type(model), "forward_encoder", lambda self, x, r, noise=None: (ratios.append(r),
+                                                                                        original(self, x, r, noise))[1])
     pretrain_losses(model, torch.rand(4, 3, 16, 16), cfg_for(steps=2, mask_ratio=0.5))
     assert ratios == [0.75, 0.75, 0.5]  # two attack steps at MIMIR's 0.75, then the training mask
 

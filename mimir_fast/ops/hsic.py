@@ -35,22 +35,9 @@ from __future__ import annotations
 
 import torch
 
+from .hsic_gram import gaussian_kernel_centered, hsic_gram
 
-def gaussian_kernel_centered(a: torch.Tensor, sigma: float) -> torch.Tensor:
-    """The right-centered Gaussian kernel matrix ``K H`` of the rows of ``a``.
-
-    Args:
-        a: (m, d) samples (float32 or float64).
-        sigma: bandwidth factor; the kernel width is ``2 σ² d``.
-
-    Returns:
-        (m, m) in ``a``'s dtype: ``K_ij − mean_k K_ik``.
-    """
-    m, d = a.shape
-    sq = (a * a).sum(dim=1, keepdim=True)  # (m, 1)
-    dist = (sq - 2 * (a @ a.T) + sq.T).abs()  # (m, m)
-    e = torch.expm1(-dist / (2.0 * sigma * sigma * d))  # K − 1, exact where K ≈ 1
-    return e - e.mean(dim=1, keepdim=True)  # = K − mean(K): the constant cancels
+__all__ = ["gaussian_kernel_centered", "hsic_normalized_cca"]
 
 
 def hsic_normalized_cca(x: torch.Tensor, y: torch.Tensor, sigma: float = 5.0, ridge: float = 1e-5) -> torch.Tensor:
@@ -72,14 +59,8 @@ def hsic_normalized_cca(x: torch.Tensor, y: torch.Tensor, sigma: float = 5.0, ri
         raise ValueError(f"hsic_normalized_cca: x has {m} samples but y has {y.shape[0]}")
     if m < 2:
         raise ValueError(f"hsic_normalized_cca needs at least 2 samples, got {m}")
-    dtype = torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)  # fp32, or fp64 for fp64
     with torch.autocast(device_type=x.device.type, enabled=False):
-        k = torch.stack(
-            [
-                gaussian_kernel_centered(x.reshape(m, -1).to(dtype), sigma),
-                gaussian_kernel_centered(y.reshape(m, -1).to(dtype), sigma),
-            ]
-        )  # (2, m, m)
+        k = hsic_gram(x.reshape(m, -1), y.reshape(m, -1), sigma)  # (2, m, m): fp32, or fp64 for fp64 inputs
         finite = torch.isfinite(k).all()
         k = torch.where(finite, k, torch.zeros_like(k))
         eye = torch.eye(m, device=k.device, dtype=k.dtype)

@@ -1,0 +1,28 @@
+"""Helpers shared by the Triton kernels: output allocation and launch settings.
+
+Outputs are allocated with ``empty``; tests set ``POISON_OUTPUTS = True`` so that every output starts as NaN
+and an element a kernel forgets to write fails the comparison instead of passing by luck.
+"""
+
+from __future__ import annotations
+
+import torch
+
+POISON_OUTPUTS = False
+"""Fill every buffer from ``empty`` with NaN (integer buffers with -1); set by the test suite."""
+
+
+def empty(shape: tuple[int, ...] | list[int], *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``torch.empty``, or a NaN-filled buffer when ``POISON_OUTPUTS`` is set."""
+    out = torch.empty(tuple(shape), device=device, dtype=dtype)
+    if POISON_OUTPUTS:
+        out.fill_(float("nan") if out.is_floating_point() else -1)
+    return out
+
+
+def next_pow2(n: int, minimum: int = 16) -> int:
+    """The smallest power of two ≥ max(n, minimum) (``tl.arange`` and ``tl.dot`` need powers of two ≥ 16)."""
+    p = minimum
+    while p < n:
+        p *= 2
+    return p
