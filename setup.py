@@ -26,6 +26,6 @@ setup(
         "tensorboard",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest", "pytest-benchmark", "timm>=1.0"]},
+    extras_require={"test": ["pytest", "pytest-benchmark", "timm>=1.0"], "dali": ["nvidia-dali-cuda130>=2.4"]},
     entry_points={"console_scripts": ["mimir-fast=mimir_fast.cli:main"]},
 )

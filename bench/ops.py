@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--op", default="all", help=f"op name or 'all' ({', '.join(OP_NAMES)})")
     p.add_argument("--shapes", default=None, help="comma-separated shape names (default: all of each op's)")
+    p.add_argument("--skip_shapes", default="", help="comma-separated shape names to leave out (e.g. tiny)")
     p.add_argument("--providers", default=None, help="comma-separated providers (default: all of each op's)")
     p.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"], choices=["fwd", "fwdbwd"])
     p.add_argument("--dtype", default=None, choices=list(DTYPES), help="default: bf16 on a GPU, fp32 on the CPU")
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         spec = load(name)
         shapes = [s for s in args.shapes.split(",") if s in spec.shapes] if args.shapes else list(spec.shapes)
+        shapes = [s for s in shapes if s not in args.skip_shapes.split(",")]
         providers = [q for q in args.providers.split(",") if q in spec.providers] if args.providers else None
         results += bench_op(spec, shapes, providers, args.modes, device, dtype, args.iters, roof)
     path = write_results(args.out, "ops", device, results, extra={"roofline": roof})

@@ -366,7 +366,8 @@ def hsic_gram_bwd(grad: torch.Tensor, r: torch.Tensor, x: torch.Tensor, y: torch
     ny = triton.cdiv(dy, bn) if need_y else 0
     _hsic_gram_bwd_gemm_kernel[(triton.cdiv(m, bm), nx + ny)](
         lap, x, y, gx, gy, m, dx, dy, nx, BM=bm, BN=bn, BK=bk,
-        PRECISION="ieee" if interp else _precision(torch.float32), num_warps=4, num_stages=NUM_STAGES,
+        # 8 warps: at 4 the 16-bit inputs' conversion to fp32 spills ~1 KB (ptxas, sm_90; bench/compile_check.py)
+        PRECISION="ieee" if interp else _precision(torch.float32), num_warps=8, num_stages=NUM_STAGES,
     )
     return gx, gy
 

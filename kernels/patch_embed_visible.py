@@ -256,7 +256,8 @@ def patch_embed_visible_fwd(imgs, weight, bias, pos_embed, ids_keep) -> torch.Te
     _patch_embed_visible_fwd_kernel[grid](
         imgs, weight, bias, pos_embed, ids_keep, y, **geo, BM=BLOCK_M, BN=bn, BK=bk,
         **_dot_settings(imgs.dtype, imgs.device),
-        num_warps=8 if BLOCK_M * bn >= 64 * 128 else 4, num_stages=NUM_STAGES,
+        num_warps=8 if BLOCK_M * bn >= 64 * 128 else 4,
+        num_stages=2 if imgs.dtype == torch.float32 else NUM_STAGES,  # 3 stages spill 20 B in fp32 (sm_90)
     )
     return y
 
@@ -303,7 +304,9 @@ def patch_embed_visible_bwd_weight(grad_out, imgs, ids_keep, weight_shape) -> to
     partial = _utils.empty((split, d, k), device=imgs.device, dtype=torch.float32)
     _patch_embed_visible_bwd_dw_kernel[(triton.cdiv(d, bd), triton.cdiv(k, bk), split)](
         grad_out, imgs, ids_keep, partial, **geo, ROWS_PER_SPLIT=rows_per_split, BM=BLOCK_M, BD=bd, BK=bk,
-        **_dot_settings(imgs.dtype, imgs.device), num_warps=4, num_stages=NUM_STAGES,
+        # fp32 with IEEE dots spills at 4 warps for p = 16 (ptxas, sm_90; bench/compile_check.py)
+        **_dot_settings(imgs.dtype, imgs.device), num_warps=8 if imgs.dtype == torch.float32 else 4,
+        num_stages=NUM_STAGES,
     )
     dw = partial[0] if split == 1 else partial.sum(0)
     return dw.to(imgs.dtype).reshape(weight_shape)

@@ -56,13 +56,17 @@ MAX_HEAD_DIM = 128
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _blocks(t: int, bd: int) -> tuple[int, int]:
-    """(BM query rows, BN key rows) of a score tile, shared by all kernels: 64 × 64, BN halved at hd > 64 to
-    bound registers, both shrunk to the next power of two ≥ 16 of a short sequence. The forward and dQ kernels
-    keep BM queries resident and stream keys; the dK/dV kernel keeps BN keys resident and streams queries."""
+def _blocks(t: int, bd: int, dtype: torch.dtype) -> tuple[int, int, int]:
+    """(BM query rows, BN key rows, warps) of a score tile, shared by all kernels: 64 × 64 at 4 warps, BN halved
+    at hd > 64 to bound registers, both shrunk to the next power of two ≥ 16 of a short sequence. fp32 (IEEE
+    dots) takes 32 × 32 at 8 warps: at 64 × 64 every matmul kernel spills (up to 44 KB per thread at hd 64;
+    ptxas, sm_90, bench/compile_check.py). The forward and dQ kernels keep BM queries resident and stream keys;
+    the dK/dV kernel keeps BN keys resident and streams queries."""
+    if dtype == torch.float32:
+        return min(32, _utils.next_pow2(t)), min(32, _utils.next_pow2(t)), 8
     bm = min(64, _utils.next_pow2(t))
     bn = min(64 if bd <= 64 else 32, _utils.next_pow2(t))
-    return bm, bn
+    return bm, bn, 4
 
 
 @triton.jit
@@ -276,12 +280,12 @@ def visible_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> 
     o = _utils.empty((n, t, h, d), device=q.device, dtype=q.dtype).permute(0, 2, 1, 3)
     stats = _utils.empty((2, n, h, t), device=q.device, dtype=torch.float32)
     bd = _utils.next_pow2(d)
-    bm, bn = _blocks(t, bd)
+    bm, bn, warps = _blocks(t, bd, q.dtype)
     _visible_attention_fwd_kernel[(n * h, triton.cdiv(t, bm))](
         q, k, v, o, stats[0], stats[1],
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
         h, t, d, d**-0.5,
-        BM=bm, BN=bn, BD=bd, PRECISION=_precision(q.dtype), num_warps=4, num_stages=2,
+        BM=bm, BN=bn, BD=bd, PRECISION=_precision(q.dtype), num_warps=warps, num_stages=2,
     )
     return o, stats
 
@@ -310,7 +314,7 @@ def visible_attention_bwd(
     precision = _precision(q.dtype)
     delta = _utils.empty((n, h, t), device=q.device, dtype=torch.float32)
     dq, dk, dv = (_utils.empty((n, h, t, d), device=q.device, dtype=q.dtype) for _ in range(3))
-    bm, bn = _blocks(t, bd)
+    bm, bn, warps = _blocks(t, bd, q.dtype)
     _visible_attention_bwd_delta_kernel[(n * h, triton.cdiv(t, bm))](
         o, do, delta, *o.stride()[:3], *do.stride()[:3], h, t, d, BM=bm, BD=bd,
     )
@@ -318,11 +322,11 @@ def visible_attention_bwd(
     # The forward's BM × BN tiles in both kernels (module docstring: recomputed scores match the forward's).
     _visible_attention_bwd_dkdv_kernel[(n * h, triton.cdiv(t, bn))](
         q, k, v, do, stats[0], stats[1], delta, dk, dv, *strides, h, t, d, d**-0.5,
-        BM=bm, BN=bn, BD=bd, PRECISION=precision, num_warps=4, num_stages=2,
+        BM=bm, BN=bn, BD=bd, PRECISION=precision, num_warps=warps, num_stages=2,
     )
     _visible_attention_bwd_dq_kernel[(n * h, triton.cdiv(t, bm))](
         q, k, v, do, stats[0], stats[1], delta, dq, *strides, h, t, d, d**-0.5,
-        BM=bm, BN=bn, BD=bd, PRECISION=precision, num_warps=4, num_stages=2,
+        BM=bm, BN=bn, BD=bd, PRECISION=precision, num_warps=warps, num_stages=2,
     )
     return dq, dk, dv
 

@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from .distributed import dist_env, quiet_unless_main
     from .train.finetune import run_finetune
     from .train.presets import FINETUNE_PRESETS, PRESETS, build_config
     from .train.pretrain import run_pretrain
@@ -103,8 +104,9 @@ def _train(args: argparse.Namespace) -> None:
     registry, runner = (PRESETS, run_pretrain) if args.command == "pretrain" else (FINETUNE_PRESETS, run_finetune)
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "preset")}
     cfg = build_config(getattr(args, "preset", "digits"), registry, **overrides)
-    print(f"preset {cfg.preset}: {cfg.model}, {cfg.input_size} px, patch {cfg.patch_size}, {cfg.epochs} epochs")
-    print(runner(cfg).line())
+    with quiet_unless_main(dist_env()):  # under torchrun only rank 0 prints
+        print(f"preset {cfg.preset}: {cfg.model}, {cfg.input_size} px, patch {cfg.patch_size}, {cfg.epochs} epochs")
+        print(runner(cfg).line())
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -130,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mimir-fast``; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
+        from .ops._dispatch import kernel_mode
+
+        kernel_mode()  # a bad MIMIR_FAST_KERNELS fails here, before any work
         if args.command in ("pretrain", "finetune"):
             _train(args)
         elif args.command == "eval":

@@ -37,6 +37,40 @@ def test_training_step_never_syncs_with_the_host(method, steps):
     assert torch.isfinite(losses["loss"]).item()
 
 
+@pytest.mark.parametrize("poison", ["nan_loss", "nan_grad"])
+def test_a_skipped_non_finite_step_never_syncs_with_the_host(poison):
+    """The skip path (fused AdamW reading ``found_inf``, the gradient check, the device counters)."""
+    from mimir_fast.train.nonfinite import NonFiniteGuard
+
+    cfg = build_config("cifar10_vit_t", batch_size=32)
+    model = create_model(cfg.model, img_size=32, patch_size=2, norm_pix_loss=True).to(CUDA)
+    opt = build_optimizer(param_groups_weight_decay(model, 0.05), 1e-4, (0.9, 0.95), CUDA)
+    guard = NonFiniteGuard(opt, CUDA)
+    imgs, labels = torch.rand(32, 3, 32, 32, device=CUDA), torch.zeros(32, dtype=torch.long, device=CUDA)
+
+    def loss_fn(m, x, y, bad=False):
+        out = pretrain_losses(m, x, cfg)
+        if bad and poison == "nan_loss":
+            out["loss"] = out["loss"] * float("nan")
+        elif bad:  # finite value, NaN gradient
+            w = m.patch_embed.proj.weight
+            out["loss"] = out["loss"] + torch.sqrt((w - w.detach()).abs().sum())
+        return out
+
+    train_step(model, imgs, labels, opt, loss_fn, torch.bfloat16, guard=guard)  # warm-up
+    before = [p.detach().clone() for p in model.parameters()]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            train_step(model, imgs, labels, opt, lambda m, x, y: loss_fn(m, x, y, bad=True), torch.bfloat16,
+                       guard=guard)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    assert guard.read() == (2, 2)
+
+
 def test_bf16_loss_error_is_within_twice_pytorchs_own():
     """Our model under bf16 autocast is no further from its fp32 loss than 2× the re-derived MAE's bf16 error."""
     kw = dict(img_size=32, patch_size=4, embed_dim=192, depth=6, num_heads=3, decoder_embed_dim=128,

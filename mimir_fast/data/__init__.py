@@ -3,6 +3,8 @@
 ``train_loader(cfg, dataset, generator, device)`` returns an iterable of ``(images, labels)`` batches with
 ``images`` (B, 3, S, S) float32 in [0, 1]; the shuffle order comes from ``generator`` alone, so an epoch's
 batches are a function of its seed. The last partial batch is dropped, so every step has the same shape.
+Under ``world_size`` processes each rank gets a disjoint ``batch_size`` slice of every global batch of
+``batch_size × world_size`` (``data/sharding.py``).
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
+from .backend import dali_train_loader, resolve_backend
 from .digits import NUM_CLASSES as DIGITS_CLASSES
 from .digits import digits_split
 from .folder import ImageFiles, split_root
+from .sharding import ShardedBatchSampler
 from .tensors import SyntheticBatches, TensorImages
 from .transforms import eval_transform
 
@@ -29,8 +33,9 @@ def _folder_root(cfg, split: str):
     return split_root(cfg.data_path, split)
 
 
-def build_train_dataset(cfg, transform) -> Dataset | None:
-    """The training set of ``cfg`` with ``transform`` (None for synthetic data, which needs no dataset)."""
+def build_train_dataset(cfg, transform, world_size: int = 1) -> Dataset | None:
+    """The training set of ``cfg`` with ``transform`` (None for synthetic data, which needs no dataset); a
+    ``DataError`` when a rank's share of it is smaller than one batch."""
     kind = cfg.data_kind
     if kind == "synthetic":
         return None
@@ -41,6 +46,9 @@ def build_train_dataset(cfg, transform) -> Dataset | None:
         dataset = ImageFiles(_folder_root(cfg, "train"), transform)
     if len(dataset) < cfg.batch_size:
         raise DataError(f"the training set has {len(dataset)} images, fewer than batch_size {cfg.batch_size}")
+    if len(dataset) < cfg.batch_size * world_size:
+        raise DataError(f"the training set has {len(dataset)} images: split over {world_size} processes that is "
+                        f"{len(dataset) // world_size} each, fewer than batch_size {cfg.batch_size}")
     return dataset
 
 
@@ -62,22 +70,30 @@ def num_classes(dataset: Dataset | None) -> int | None:
     return getattr(dataset, "num_classes", None)
 
 
-def steps_per_epoch(cfg, dataset: Dataset | None) -> int:
-    """Full batches per epoch (the last partial batch is dropped)."""
-    return len(dataset) // cfg.batch_size if dataset is not None else max(1, cfg.synthetic_size // cfg.batch_size)
+def steps_per_epoch(cfg, dataset: Dataset | None, world_size: int = 1) -> int:
+    """Full global batches (``batch_size × world_size`` images) per epoch; the last partial one is dropped."""
+    per_step = cfg.batch_size * world_size
+    return len(dataset) // per_step if dataset is not None else max(1, cfg.synthetic_size // per_step)
 
 
-def train_loader(cfg, dataset: Dataset | None, generator: torch.Generator, device: torch.device):
-    """One epoch of shuffled, fixed-size training batches."""
-    if dataset is None:
+def train_loader(cfg, dataset: Dataset | None, generator: torch.Generator, device: torch.device, *, rank: int = 0,
+                 world_size: int = 1, order: torch.Generator | None = None):
+    """One epoch of this rank's shuffled, fixed-size training batches.
+
+    ``order`` (default: ``generator``) draws the epoch's order and must be seeded alike on every rank;
+    ``generator`` (per rank) seeds loader workers and synthetic images. ``cfg.data_backend`` picks the loader
+    (``data/backend.py``): DALI batches come from the ``order`` seed, on the GPU with ``--dali_device gpu``."""
+    backend = resolve_backend(cfg, device)
+    if backend == "dali":
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=order or generator))
+        return dali_train_loader(cfg, dataset, device, seed=seed, rank=rank, world_size=world_size)
+    if dataset is None or backend == "synthetic":
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        return SyntheticBatches(steps_per_epoch(cfg, None), cfg.batch_size, cfg.input_size, device, seed,
-                                getattr(cfg, "num_classes", 1))
+        return SyntheticBatches(steps_per_epoch(cfg, dataset, world_size), cfg.batch_size, cfg.input_size, device,
+                                seed, getattr(cfg, "num_classes", 1))
     return DataLoader(
         dataset,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        drop_last=True,
+        batch_sampler=ShardedBatchSampler(len(dataset), cfg.batch_size, order or generator, rank, world_size),
         generator=generator,
         num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda",

@@ -3,13 +3,15 @@
 A checkpoint is ``{output_dir}/checkpoint-{epoch}.pth`` holding ``model`` (the unwrapped state_dict),
 ``optimizer``, ``epoch``, ``scaler`` and ``args`` (a plain dict). Writes go to a temporary file in the
 same folder, are flushed to disk, then renamed over the target, so a crash mid-write never replaces a
-good checkpoint. Loads use ``torch.load(weights_only=True)``; official MAE/MIMIR files store ``args`` as
+good checkpoint (a process killed mid-write leaves only its hidden temporary file, which the next save of
+the same checkpoint removes). Loads use ``torch.load(weights_only=True)``; official MAE/MIMIR files store ``args`` as
 an ``argparse.Namespace``, so exactly that class is allowed too.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import pickle
 import re
@@ -29,7 +31,8 @@ def checkpoint_path(output_dir: str | Path, epoch: int) -> Path:
 
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically: temp file, fsync, rename, fsync of the folder."""
+    """Write ``state`` to ``path`` atomically: temp file, fsync, rename, fsync of the folder; then remove the
+    temporary files that killed writers of ``path`` left behind."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -45,6 +48,8 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        stale.unlink(missing_ok=True)
     return path
 
 

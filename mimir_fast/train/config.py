@@ -18,8 +18,12 @@ from ..errors import ConfigError
 METHODS = ("mimir", "mae")
 FINETUNE_METHODS = ("pgd", "trades", "clean")
 DATA_KINDS = ("auto", "digits", "folder", "synthetic")
+DATA_BACKENDS = ("auto", "dali", "torch", "synthetic")
+DALI_DEVICES = ("auto", "cpu", "gpu")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp32")
+COMPILE_MODES = ("auto", "on", "cudagraphs", "off")
+OPTIMIZERS = ("adamw", "apex_fused_adam")
 
 
 @dataclass(kw_only=True)
@@ -42,6 +46,9 @@ class RunConfig:
     """Images per step on each process."""
     accum_iter: int = 1
     """Gradient accumulation steps; effective batch = batch_size × accum_iter × world size."""
+    global_batch_size: int | None = None
+    """Effective batch over all processes; when given, batch_size becomes global_batch_size / (world size × accum_iter),
+    which must divide it (keeps a recipe's batch and lr when the GPU count changes)."""
     epochs: int = 12
     """Epochs to train."""
     warmup_epochs: float = 1.0
@@ -61,9 +68,14 @@ class RunConfig:
     data_path: str | None = None
     """ImageFolder root (with train/ and val/, or class folders) or a flat folder of images."""
     num_workers: int = 0
-    """DataLoader worker processes for folder data."""
+    """DataLoader worker processes for folder data (DALI: CPU threads, at least 2, or 4 with --dali_device gpu)."""
     synthetic_size: int = 1024
     """Images per epoch with --data synthetic."""
+    data_backend: str = "auto"
+    """Training loader: dali (NVIDIA DALI, image folders), torch (DataLoader), synthetic (one device batch,
+    repeated: no loading cost), or auto (dali if it is installed, CUDA is available and the data is a folder)."""
+    dali_device: str = "auto"
+    """Where DALI decodes and augments: gpu (hardware JPEG decoder), cpu, or auto (gpu when training on CUDA)."""
 
     # --- run
     output_dir: str = "output_dir"
@@ -84,6 +96,16 @@ class RunConfig:
     """auto (cuda if available, else cpu), cpu or cuda."""
     precision: str = "auto"
     """auto (bf16 autocast on CUDA, fp32 on CPU), bf16 or fp32."""
+    fsdp: bool = False
+    """Under torchrun, shard parameters, gradients and optimizer state with FSDP2 (per block, then the root) instead of
+    DDP; checkpoints still hold full state dicts in MAE's layout."""
+    compile: str = "auto"
+    """auto (compiled on CUDA, eager on CPU), on (torch.compile of the forward), cudagraphs (also CUDA graphs;
+    CUDA only) or off (eager)."""
+    optimizer: str = "adamw"
+    """adamw (torch's fused AdamW) or apex_fused_adam (NVIDIA apex's FusedAdam; needs apex, not on PyPI)."""
+    max_nonfinite_steps: int = 5
+    """Updates with a NaN/inf loss or gradient are skipped; this many in a row within an epoch stop the run."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -91,8 +113,13 @@ class RunConfig:
     def validate(self) -> None:
         """Range checks shared by every run; subclasses extend this."""
         _choice("data", self.data, DATA_KINDS)
+        _choice("data_backend", self.data_backend, DATA_BACKENDS)
+        _choice("dali_device", self.dali_device, DALI_DEVICES)
         _choice("device", self.device, DEVICES)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("compile", self.compile, COMPILE_MODES)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check(self.max_nonfinite_steps >= 1, f"max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
         _check(self.input_size >= 1 and self.patch_size >= 1, "input_size and patch_size must be positive")
         _check(
             self.input_size % self.patch_size == 0,
@@ -100,6 +127,8 @@ class RunConfig:
         )
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.accum_iter >= 1, f"accum_iter must be >= 1, got {self.accum_iter}")
+        _check(self.global_batch_size is None or self.global_batch_size >= 1,
+               f"global_batch_size must be >= 1, got {self.global_batch_size}")
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         _check(self.blr > 0, f"blr must be > 0, got {self.blr}")

@@ -1,23 +1,27 @@
 """One training epoch, for any objective (``loss_fn``): pretraining and fine-tuning share it.
 
 The step (lr update, forward with the attack, backward, optimizer step) never reads a value back to the
-host. Losses are summed on the device and read only every ``print_freq`` steps, where the run also stops
-with a ``TrainingError`` if the loss has become non-finite (the reference checks ``math.isfinite`` on
-every step, which costs a sync per step).
+host. An update whose loss or gradients are NaN or inf is skipped on the device (``nonfinite.py``) and
+counted; losses of finite steps and the skip counters are summed on the device and read only every
+``print_freq`` steps, where the run stops with a ``TrainingError`` once ``max_nonfinite_steps`` updates in a
+row were skipped (the reference checks ``math.isfinite`` on every step, which costs a sync per step, and
+stops at the first non-finite loss).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
+from ..distributed import all_mean
 from ..errors import TrainingError
+from .compile import mark_step_begin
 from .logger import Progress, RunLog
+from .nonfinite import NonFiniteGuard
 from .optim import lr_at, set_lr
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], dict]
@@ -39,15 +43,23 @@ def train_step(
     amp_dtype: torch.dtype | None,
     accum_iter: int = 1,
     update: bool = True,
+    guard: NonFiniteGuard | None = None,
 ) -> dict[str, torch.Tensor]:
     """One step on a device batch: ``loss_fn(model, imgs (N, C, H, W), labels (N,))``, backward of its
-    ``loss`` scaled by 1/accum_iter and, when ``update``, the optimizer step. Returns the detached losses;
-    never reads a value back to the host."""
+    ``loss`` scaled by 1/accum_iter and, when ``update``, the optimizer step, made through ``guard`` (which
+    skips it if a loss or gradient is non-finite) when one is given. Returns the detached losses; never reads
+    a value back to the host."""
+    mark_step_begin(model)
     with autocast_context(imgs.device, amp_dtype):
         losses = loss_fn(model, imgs, labels)
+    if guard is not None:
+        guard.observe(losses["loss"])
     (losses["loss"] / accum_iter).backward()
     if update:
-        optimizer.step()
+        if guard is not None:
+            guard.step()
+        else:
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return {k: v.detach() for k, v in losses.items()}
 
@@ -67,14 +79,18 @@ def train_one_epoch(
     amp_dtype: torch.dtype | None,
     run_log: RunLog | None = None,
 ) -> dict[str, float]:
-    """Train ``steps`` steps of epoch ``epoch``; returns the epoch's mean losses, last lr, img/s and time."""
+    """Train ``steps`` steps of epoch ``epoch``; returns the epoch's mean losses (over the steps whose loss was
+    finite), last lr, updates skipped as non-finite, img/s (without the first step), the whole epoch's time
+    and the first step's time (``first_step_s``, with compilation when the model is compiled)."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
     progress = Progress(epoch, cfg.epochs, steps)
-    sums = torch.zeros(len(loss_keys), device=device)
-    logged_sums, logged_done = sums.clone(), 0  # at the previous print point
+    guard = NonFiniteGuard(optimizer, device)
+    sums = torch.zeros(len(loss_keys) + 1, device=device)  # finite steps' losses, then their count
+    logged_sums = sums.clone()  # at the previous print point
     lr = 0.0
     start = time.perf_counter()
+    first_step_s = 0.0
     done = 0
     for it, (imgs, labels) in enumerate(batches):
         if it % cfg.accum_iter == 0:
@@ -84,24 +100,39 @@ def train_one_epoch(
             set_lr(optimizer, lr)
         imgs, labels = imgs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         losses = train_step(model, imgs, labels, optimizer, loss_fn, amp_dtype, cfg.accum_iter,
-                            update=(it + 1) % cfg.accum_iter == 0)
-        sums += torch.stack([losses[k].float() for k in loss_keys])
+                            update=(it + 1) % cfg.accum_iter == 0, guard=guard)
+        values = torch.stack([losses[k].float() for k in loss_keys])
+        finite = torch.isfinite(values[0])
+        sums += torch.cat([torch.where(finite, values, 0.0), finite.float()[None]])
         done = it + 1
+        if done == 1:  # timed on its own: it includes compilation (one sync per epoch)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            first_step_s = time.perf_counter() - start
 
         if done % cfg.print_freq == 0 or done == steps:  # the only host reads of the epoch
-            means = dict(zip(loss_keys, (sums / done).tolist()))
-            if not all(map(math.isfinite, means.values())):
+            synced = all_mean(sums)  # over the ranks: every rank logs, and stops, alike
+            *totals, count = synced.tolist()
+            means = {k: v / count if count else float("nan") for k, v in zip(loss_keys, totals)}
+            skipped, longest = guard.read()
+            if longest >= cfg.max_nonfinite_steps:
                 raise TrainingError(
-                    f"the loss became non-finite ({means['loss']}) in epoch {epoch} by step {done}; stopping "
-                    "(checkpoints already written are intact)"
+                    f"the loss or gradients were non-finite on {longest} updates in a row (max_nonfinite_steps "
+                    f"{cfg.max_nonfinite_steps}) in epoch {epoch} by step {done}; stopping (checkpoints already "
+                    "written are intact)"
                 )
-            progress.update(done, done * cfg.batch_size, means, lr)
+            progress.update(done, done * cfg.batch_size, {**means, **({"skipped": skipped} if skipped else {})}, lr)
             if run_log is not None:  # TensorBoard gets the mean over the steps since the last print point
-                window = dict(zip(loss_keys, ((sums - logged_sums) / (done - logged_done)).tolist()))
-                run_log.scalars({**window, "lr": lr}, int((epoch + (done - 1) / steps) * 1000))
-            logged_sums, logged_done = sums.clone(), done
+                *window, n = (synced - logged_sums).tolist()
+                if n:
+                    run_log.scalars({**dict(zip(loss_keys, (v / n for v in window))), "lr": lr},
+                                    int((epoch + (done - 1) / steps) * 1000))
+            logged_sums = synced.clone()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
-    means = dict(zip(loss_keys, (sums / max(done, 1)).tolist()))
-    return {**means, "lr": lr, "img_per_sec": done * cfg.batch_size / elapsed, "epoch_time_s": elapsed}
+    *totals, count = all_mean(sums).tolist()
+    means = {k: v / count if count else float("nan") for k, v in zip(loss_keys, totals)}
+    rate = (done - 1) * cfg.batch_size / (elapsed - first_step_s) if done > 1 else done * cfg.batch_size / elapsed
+    return {**means, "lr": lr, "skipped_steps": guard.read()[0], "img_per_sec": rate, "epoch_time_s": elapsed,
+            "first_step_s": first_step_s}

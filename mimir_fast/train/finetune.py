@@ -33,14 +33,16 @@ LOSS_KEYS = ("loss", "train_acc")
 
 def finetune_losses(model: nn.Module, imgs: torch.Tensor, labels: torch.Tensor, cfg: FinetuneConfig) -> dict:
     """The step's loss for images (N, C, H, W) and labels (N,); ``train_acc`` is the accuracy (in %) on the
-    examples the loss was computed on (adversarial ones for pgd)."""
+    examples the loss was computed on (adversarial ones for pgd). With DDP, pass the wrapped model: the attack
+    runs on ``model.module``."""
     eps, alpha = cfg.eps / 255, cfg.alpha / 255
+    attacked = getattr(model, "module", model)  # under DDP the attack runs on the module, without gradient sync
     if cfg.method == "pgd":
-        x_adv = pgd(model, imgs, labels, eps=eps, alpha=alpha, steps=cfg.steps)
+        x_adv = pgd(attacked, imgs, labels, eps=eps, alpha=alpha, steps=cfg.steps)
         logits = model(x_adv)
         loss = F.cross_entropy(logits, labels, label_smoothing=cfg.smoothing)
     elif cfg.method == "trades":
-        x_adv = trades_attack(model, imgs, eps=eps, alpha=alpha, steps=cfg.steps)
+        x_adv = trades_attack(attacked, imgs, eps=eps, alpha=alpha, steps=cfg.steps)
         clean_logits = model(imgs)
         logits = model(x_adv)
         kl = F.kl_div(F.log_softmax(logits, dim=1), F.softmax(clean_logits, dim=1), reduction="batchmean")
@@ -110,6 +112,6 @@ class FinetuneTask(Task):
         return {"acc1": accuracy(model, self._val, device)} if len(self._val) else {}
 
 
-def run_finetune(cfg: FinetuneConfig, rank: int = 0, world_size: int = 1) -> RunSummary:
+def run_finetune(cfg: FinetuneConfig) -> RunSummary:
     """Fine-tune ``cfg``; see ``mimir_fast.train.runner`` for checkpoints, resume and reproducibility."""
-    return run(FinetuneTask(), cfg, rank, world_size)
+    return run(FinetuneTask(), cfg)

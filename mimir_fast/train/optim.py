@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 
 def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two AdamW groups, as timm's ``param_groups_weight_decay`` makes them for MAE and MIMIR.
@@ -50,10 +52,24 @@ def param_groups_layer_decay(model: nn.Module, weight_decay: float, layer_decay:
 
 
 def build_optimizer(
-    param_groups: list[dict], lr: float, betas: tuple[float, float], device: torch.device
-) -> torch.optim.AdamW:
-    """AdamW over ``param_groups`` (MAE pretraining uses betas (0.9, 0.95)); the fused kernel on CUDA."""
-    return torch.optim.AdamW(param_groups, lr=lr, betas=betas, fused=device.type == "cuda")
+    param_groups: list[dict], lr: float, betas: tuple[float, float], device: torch.device, kind: str = "adamw"
+) -> torch.optim.Optimizer:
+    """The optimizer over ``param_groups`` (MAE pretraining uses betas (0.9, 0.95)).
+
+    ``adamw``: torch's fused AdamW kernel on CPU and CUDA (``foreach`` elsewhere); the fused kernel also
+    skips non-finite steps without a sync (``nonfinite.py``). ``apex_fused_adam``: NVIDIA apex's
+    ``FusedAdam`` in AdamW mode, only when apex is importable (it is not on PyPI).
+    """
+    if kind == "apex_fused_adam":
+        try:
+            from apex.optimizers import FusedAdam
+        except ImportError:
+            raise ConfigError(
+                "optimizer 'apex_fused_adam' needs NVIDIA apex, which is not installed (it is not on PyPI: build it "
+                "from github.com/NVIDIA/apex, or use --optimizer adamw, torch's fused AdamW)"
+            ) from None
+        return FusedAdam(param_groups, lr=lr, betas=betas, adam_w_mode=True)
+    return torch.optim.AdamW(param_groups, lr=lr, betas=betas, fused=device.type in ("cpu", "cuda"))
 
 
 def lr_at(epoch: float, *, lr: float, min_lr: float, warmup_epochs: float, epochs: int) -> float:

@@ -50,6 +50,6 @@ class PretrainTask(Task):
         return {"figure": figure}
 
 
-def run_pretrain(cfg: PretrainConfig, rank: int = 0, world_size: int = 1) -> RunSummary:
+def run_pretrain(cfg: PretrainConfig) -> RunSummary:
     """Pretrain ``cfg``; see ``mimir_fast.train.runner`` for checkpoints, resume and reproducibility."""
-    return run(PretrainTask(), cfg, rank, world_size)
+    return run(PretrainTask(), cfg)

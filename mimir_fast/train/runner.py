@@ -4,6 +4,11 @@ The runner builds the data and model, resumes, trains seeded epochs, writes atom
 layout, logs, and summarises. Reproducibility: each epoch reseeds every RNG from ``(seed, rank, epoch)`` and
 takes its shuffle order from a generator with that seed, so an epoch is a function of the model and
 optimizer state at its start, and resuming from ``checkpoint-{e}.pth`` continues bit-identically on the CPU.
+
+Under torchrun (``distributed.py``, ``parallel.py``) every rank builds the same initial model (seeded with
+``seed`` alone), resumes from the same checkpoint, draws the epoch's order from ``(seed, epoch)`` and trains
+its slice of each global batch, with ``(seed, rank, epoch)`` seeding its augmentation, masks and random starts.
+Rank 0 alone prints, writes checkpoints, logs and figures.
 """
 
 from __future__ import annotations
@@ -15,15 +20,34 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..data import build_train_dataset, steps_per_epoch, train_loader
+from ..distributed import (
+    DistEnv,
+    abort_distributed,
+    finish_distributed,
+    init_distributed,
+    local_device,
+    quiet_unless_main,
+)
 from ..errors import CheckpointError, ConfigError
 from .checkpoint import checkpoint_path, load_checkpoint, load_model_state, newest_checkpoint, save_checkpoint
+from .compile import compile_model, resolve_compile
 from .config import RunConfig
 from .engine import train_one_epoch
 from .logger import RunLog
 from .optim import build_optimizer
+from .parallel import (
+    full_model_state,
+    full_optimizer_state,
+    is_fsdp,
+    load_optimizer_state,
+    per_rank_config,
+    unwrap,
+    wrap_model,
+)
 
 
 class Task:
@@ -118,11 +142,13 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-def _resume(task: Task, cfg: RunConfig, model, optimizer, output_dir: Path) -> tuple[int, Path | None]:
+def _resume(task: Task, cfg: RunConfig, model, output_dir: Path) -> tuple[int, Path | None, dict | None]:
+    """Load the resumed weights into the unwrapped ``model`` (or initialise it); returns the start epoch, the
+    checkpoint and its optimizer state (None when there is none to load)."""
     path = Path(cfg.resume) if cfg.resume else (newest_checkpoint(output_dir) if cfg.auto_resume else None)
     if path is None:
         task.initialise(model, cfg)
-        return 0, None
+        return 0, None, None
     ckpt = load_checkpoint(path)
     task.check_resume(ckpt, path, cfg)
     saved_model = (ckpt.get("args") or {}).get("model")
@@ -131,28 +157,51 @@ def _resume(task: Task, cfg: RunConfig, model, optimizer, output_dir: Path) -> t
     load_model_state(model, ckpt["model"], path)
     if "optimizer" not in ckpt or "epoch" not in ckpt:
         print(f"loaded weights from {path} (it has no optimizer state: starting at epoch 0)")
-        return 0, path
+        return 0, path, None
+    print(f"resumed from {path} (epoch {ckpt['epoch']})")
+    return int(ckpt["epoch"]) + 1, path, ckpt["optimizer"]
+
+
+def _load_optimizer(model, optimizer, state: dict, path: Path) -> None:
+    """Load a checkpoint's optimizer ``state`` into the optimizer of the (possibly wrapped) ``model``."""
     try:
-        optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(model, optimizer, state)
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"checkpoint {path} has an optimizer state that does not fit ({e})") from None
     for group in optimizer.param_groups:  # run-time choice, not saved state
         group["fused"] = optimizer.defaults.get("fused")
-    print(f"resumed from {path} (epoch {ckpt['epoch']})")
-    return int(ckpt["epoch"]) + 1, path
 
 
-def run(task: Task, cfg: RunConfig, rank: int = 0, world_size: int = 1) -> RunSummary:
-    """Train ``cfg`` with ``task`` and return the summary (see the module docstring for reproducibility)."""
+def run(task: Task, cfg: RunConfig) -> RunSummary:
+    """Train ``cfg`` with ``task`` and return the summary (see the module docstring for reproducibility).
+
+    Launched by torchrun (or srun), it joins the process group (leaving it at the end if it joined it)."""
     device = resolve_device(cfg.device)
+    owns_group = not dist.is_initialized()
+    env = init_distributed(device)
+    try:
+        with quiet_unless_main(env):
+            summary = _run(task, per_rank_config(cfg, env.world_size), env, local_device(device, env))
+    except BaseException:
+        if owns_group:
+            abort_distributed()
+        raise
+    if owns_group:
+        finish_distributed()
+    return summary
+
+
+def _run(task: Task, cfg: RunConfig, env: DistEnv, device: torch.device) -> RunSummary:
+    rank, world_size = env.rank, env.world_size
     amp_dtype = autocast_dtype(cfg.precision, device)
     output_dir = Path(cfg.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if env.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
 
-    dataset = build_train_dataset(cfg, task.train_transform(cfg))
-    steps = steps_per_epoch(cfg, dataset)
+    dataset = build_train_dataset(cfg, task.train_transform(cfg), world_size)
+    steps = steps_per_epoch(cfg, dataset, world_size)
 
-    seed_everything(cfg.seed + rank)
+    seed_everything(cfg.seed)  # the same initial weights on every rank (FSDP2 does not broadcast them)
     model = task.build_model(cfg, dataset).to(device)
     eff_batch = cfg.batch_size * cfg.accum_iter * world_size
     lr = cfg.lr if cfg.lr is not None else cfg.blr * eff_batch / 256
@@ -161,15 +210,21 @@ def run(task: Task, cfg: RunConfig, rank: int = 0, world_size: int = 1) -> RunSu
     print(f"effective batch size: {eff_batch} ({cfg.batch_size} x {cfg.accum_iter} accum x {world_size} processes)")
     print(f"lr: {lr:.3e} (base lr {lr * 256 / eff_batch:.3e}), {steps} steps per epoch")
 
-    optimizer = build_optimizer(task.param_groups(model, cfg), lr, task.betas, device)
-    start_epoch, last_ckpt = _resume(task, cfg, model, optimizer, output_dir)
+    start_epoch, last_ckpt, optimizer_state = _resume(task, cfg, model, output_dir)
+    model = wrap_model(model, env, device, cfg.fsdp)  # DDP (or FSDP2) under torchrun; checkpoints save unwrap(model)
+    optimizer = build_optimizer(task.param_groups(unwrap(model), cfg), lr, task.betas, device, cfg.optimizer)
+    if optimizer_state is not None:
+        _load_optimizer(model, optimizer, optimizer_state, last_ckpt)
+    compile_mode = resolve_compile(cfg.compile, device)
+    step_model = compile_model(model, compile_mode)  # shares the parameters; checkpoints save ``model``
     args = {**cfg.to_dict(), "task": task.kind}
-    (output_dir / "config.json").write_text(json.dumps(args, indent=2) + "\n")
+    if env.is_main:
+        (output_dir / "config.json").write_text(json.dumps(args, indent=2) + "\n")
 
     def loss_fn(m, imgs, labels):
         return task.losses(m, imgs, labels, cfg)
 
-    run_log = RunLog(output_dir, Path(cfg.log_dir) if cfg.log_dir else output_dir)
+    run_log = RunLog(output_dir, Path(cfg.log_dir) if cfg.log_dir else output_dir) if env.is_main else None
     stats: dict = {}
     val: dict = {}
     images = seconds = 0.0
@@ -177,32 +232,47 @@ def run(task: Task, cfg: RunConfig, rank: int = 0, world_size: int = 1) -> RunSu
         for epoch in range(start_epoch, cfg.epochs):
             seed = epoch_seed(cfg.seed, rank, epoch)
             seed_everything(seed)
-            batches = train_loader(cfg, dataset, torch.Generator().manual_seed(seed), device)
+            order = torch.Generator().manual_seed(epoch_seed(cfg.seed, 0, epoch))  # alike on every rank
+            batches = train_loader(cfg, dataset, torch.Generator().manual_seed(seed), device, rank=rank,
+                                   world_size=world_size, order=order)
             stats = train_one_epoch(
-                model, batches, optimizer, cfg, loss_fn, task.loss_keys, epoch=epoch, steps=steps, base_lr=lr,
+                step_model, batches, optimizer, cfg, loss_fn, task.loss_keys, epoch=epoch, steps=steps, base_lr=lr,
                 device=device, amp_dtype=amp_dtype, run_log=run_log,
             )
-            val = task.after_epoch(model, cfg, device)
-            images += steps * cfg.batch_size
-            seconds += stats["epoch_time_s"]
+            val = task.after_epoch(unwrap(model), cfg, device)  # on every rank: FSDP2's forward is a collective
+            images += steps * cfg.batch_size * world_size
+            seconds += steps * cfg.batch_size / stats["img_per_sec"]  # without the first step (compilation)
+            if compile_mode != "off" and epoch == start_epoch:
+                print(f"compile: {stats['first_step_s']:.1f} s (the first step, with compilation; {compile_mode})")
             if epoch % cfg.save_freq == 0 or epoch + 1 == cfg.epochs:
-                state = {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
+                state = {  # full, unwrapped states (gathered under FSDP2: a collective)
+                    "model": full_model_state(model),
+                    "optimizer": full_optimizer_state(model, optimizer),
                     "epoch": epoch,
                     "scaler": {},  # bf16 needs no GradScaler; {} is what a disabled GradScaler saves
                     "args": args,
                 }
-                last_ckpt = save_checkpoint(state, checkpoint_path(output_dir, epoch))
-            run_log.epoch({**{f"train_{k}": v for k, v in stats.items()}, **{f"test_{k}": v for k, v in val.items()},
-                           "epoch": epoch})
+                last_ckpt = checkpoint_path(output_dir, epoch)
+                if env.is_main:
+                    save_checkpoint(state, last_ckpt)
+            if run_log is not None:
+                run_log.epoch({**{f"train_{k}": v for k, v in stats.items()},
+                               **{f"test_{k}": v for k, v in val.items()}, "epoch": epoch})
     finally:
-        run_log.close()
+        if run_log is not None:
+            run_log.close()
     if start_epoch >= cfg.epochs:
         print(f"{last_ckpt} already completed {cfg.epochs} epochs: nothing left to train")
 
     extras = {**{k: v for k, v in stats.items() if k not in task.loss_keys}, "val": val}
-    extras.update(task.after_run(model, cfg, output_dir, device))
+    final = unwrap(model)
+    if is_fsdp(model):  # the end-of-run artifacts come from an unsharded copy on rank 0
+        state = full_model_state(model)
+        if env.is_main:
+            final = task.build_model(cfg, dataset).to(device)
+            final.load_state_dict(state)
+    if env.is_main:
+        extras.update(task.after_run(final, cfg, output_dir, device))
     return RunSummary(
         final_loss=stats.get("loss"),
         img_per_sec=images / seconds if seconds else None,

@@ -1,0 +1,52 @@
+"""``--compile``: the model's forward under ``torch.compile``, optionally with CUDA graphs.
+
+Only the module's forward is compiled. The attack's input gradients (``torch.autograd.grad``) and the
+training backward run outside the compiled region: ``autograd.grad`` inside a compiled function is not
+supported (pytorch#132929, performance-model.md §1e), while the backward of a compiled forward is itself
+compiled by AOTAutograd. The optimizer is torch's fused AdamW kernel (``optim.build_optimizer``).
+
+- ``auto`` (default): compiled on CUDA, eager on the CPU (inductor's CPU compile takes tens of seconds to
+  start, more than a CPU demo run trains).
+- ``on``: compiled with inductor, no CUDA graphs.
+- ``cudagraphs``: inductor with ``mode="reduce-overhead"`` (CUDA graphs; CUDA only). Shapes are static, as
+  graphs need: loaders drop the last partial batch and the number of kept tokens is fixed by the mask ratio.
+- ``off``: eager.
+
+Random draws (masks, random starts) inside a compiled forward come from inductor's own RNG: a compiled run
+is as random as an eager one but does not draw the same numbers (set ``torch._inductor.config.fallback_random``
+for eager's numbers). The compiled module shares its parameters with the model; checkpoints save the model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+BACKEND = "inductor"
+"""The ``torch.compile`` backend; tests set ``aot_eager`` (the same graphs, no code generation)."""
+
+
+def resolve_compile(mode: str, device: torch.device) -> str:
+    """``auto`` → ``on`` on CUDA, ``off`` elsewhere; ``cudagraphs`` off CUDA is a ``ConfigError``."""
+    if mode == "auto":
+        return "on" if device.type == "cuda" else "off"
+    if mode == "cudagraphs" and device.type != "cuda":
+        raise ConfigError(f"compile 'cudagraphs' needs a CUDA device, but the run is on {device.type}")
+    return mode
+
+
+def compile_model(model: nn.Module, mode: str) -> nn.Module:
+    """The module to call in the training step: ``model`` itself for ``off``, else its compiled forward
+    (``mode`` already resolved by ``resolve_compile``)."""
+    if mode == "off":
+        return model
+    return torch.compile(model, backend=BACKEND, mode="reduce-overhead" if mode == "cudagraphs" else None)
+
+
+def mark_step_begin(model: nn.Module) -> None:
+    """Tell CUDA-graph trees a new training step starts (outputs of the previous step's graphs may be
+    overwritten); a no-op for an eager model."""
+    if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+        torch.compiler.cudagraph_mark_step_begin()

@@ -1,0 +1,89 @@
+"""Pretraining made a function of the global batch alone, for comparing process counts (test_distributed.py).
+
+A single process and a torchrun job see the same global batches (``data/sharding.py``), but augmentation,
+masks and random starts are drawn from each rank's RNG, so they would differ. The patches make each draw a
+function of the image's label instead (the test data has one image per class): no augmentation, mask noise
+and the attack's random start read from fixed per-label tables. ``split=k`` computes a single process's loss
+as the mean of the losses of k equal chunks of its batch, i.e. what k DDP replicas average (HSIC then runs over
+each chunk, MIMIR's per-replica batch).
+
+Run as ``python -m torch.distributed.run ... tests/dist_worker.py RUNS.json``: it joins the process group
+once and runs each ``{"argv": [...], "split": k}`` of the file through ``mimir_fast.cli.main``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+TABLE_SIZE = 256  # labels < TABLE_SIZE
+_labels: list[torch.Tensor] = []
+
+
+def _noise(n_patches: int) -> torch.Tensor:
+    return torch.rand(TABLE_SIZE, n_patches, generator=torch.Generator().manual_seed(7))
+
+
+def patches(split: int = 1) -> list[tuple[object, str, object]]:
+    """``(owner, attribute, value)`` triples to apply (with ``setattr`` or pytest's ``monkeypatch``)."""
+    import importlib
+
+    from mimir_fast.data.transforms import eval_transform
+    from mimir_fast.models_mae import MaskedAutoencoderViT
+    from mimir_fast.train.objective import pretrain_losses
+    from mimir_fast.train.pretrain import PretrainTask
+
+    pgd_mae_module = importlib.import_module("mimir_fast.attacks.pgd_mae")  # the package exports the function
+    original_encoder = MaskedAutoencoderViT.forward_encoder
+
+    def forward_encoder(self, x, mask_ratio, noise=None):
+        if noise is None:
+            noise = _noise(self.patch_embed.num_patches)[_labels[-1]].to(x.device)
+        return original_encoder(self, x, mask_ratio, noise)
+
+    def uniform_start(images, eps):
+        table = torch.rand(TABLE_SIZE, *images.shape[1:], generator=torch.Generator().manual_seed(8))
+        return (table[_labels[-1]].to(images.device) * 2 - 1) * eps
+
+    def losses(self, model, imgs, labels, cfg):
+        parts = []
+        for chunk, chunk_labels in zip(imgs.chunk(split), labels.chunk(split)):
+            _labels.append(chunk_labels.cpu())
+            parts.append(pretrain_losses(model, chunk, cfg))
+        return {k: torch.stack([p[k] for p in parts]).mean() for k in parts[0]}
+
+    return [
+        (PretrainTask, "train_transform", lambda self, cfg: eval_transform(cfg.input_size)),
+        (PretrainTask, "losses", losses),
+        (MaskedAutoencoderViT, "forward_encoder", forward_encoder),
+        (pgd_mae_module, "uniform_start", uniform_start),
+    ]
+
+
+def main(runs_file: str) -> int:
+    import torch.distributed as dist
+
+    from mimir_fast.cli import main as cli_main
+
+    dist.init_process_group("gloo")
+    try:
+        for run in json.loads(open(runs_file).read()):
+            saved = []
+            for owner, name, value in patches(run.get("split", 1)):
+                saved.append((owner, name, getattr(owner, name)))
+                setattr(owner, name, value)
+            code = cli_main(run["argv"])
+            for owner, name, value in reversed(saved):
+                setattr(owner, name, value)
+            if code:
+                return code
+    finally:
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
