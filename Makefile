@@ -36,6 +36,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.ops --out bench/results
 	$(PY) -m bench.step --out bench/results
+	$(PY) -m bench.step --suite all --out bench/results
 	$(PY) -m bench.loader --out bench/results --step_json 'bench/results/step_*.json'
 
 clean:

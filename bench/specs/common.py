@@ -6,7 +6,18 @@ import functools
 import os
 from typing import Callable
 
+import torch
+
 from mimir_fast.ops._dispatch import ENV_VAR
+
+HSIC_SHAPES = {
+    "tiny": dict(m=32, tokens=17, dim=64, px=16),
+    "cifar10_vit_s": dict(m=128, tokens=65, dim=384, px=32),  # MIMIR CIFAR-10, patch 2, per-GPU batch
+    "imagenet_vit_b_b256": dict(m=256, tokens=50, dim=768, px=224),
+    "imagenet_vit_b_b512": dict(m=512, tokens=50, dim=768, px=224),  # MIMIR ImageNet per-GPU batch
+}
+"""The HSIC shapes (m samples of a (tokens, dim) latent and a 3 × px × px image), shared by hsic_gram and
+hsic_normalized_cca."""
 
 
 def forced(mode: str, fn: Callable) -> Callable:
@@ -28,3 +39,13 @@ def forced(mode: str, fn: Callable) -> Callable:
                 os.environ[ENV_VAR] = old
 
     return run
+
+
+def standard_providers(fn: Callable) -> dict[str, Callable[[], Callable]]:
+    """The three providers of every op: ``ref`` (eager reference), ``ref_compiled`` (``torch.compile`` of the
+    reference) and ``triton`` (the kernel forced)."""
+    return {
+        "ref": lambda: forced("torch", fn),
+        "ref_compiled": lambda: forced("torch", torch.compile(fn)),
+        "triton": lambda: forced("triton", fn),
+    }

@@ -9,7 +9,7 @@ from mimir_fast.models_mae import masking_indices
 from mimir_fast.ops.decoder_unshuffle import decoder_unshuffle
 
 from ..registry import OpSpec
-from .common import forced
+from .common import standard_providers
 
 
 def _inputs(shape: dict, device: torch.device, dtype: torch.dtype, requires_grad: bool) -> tuple:
@@ -42,11 +42,7 @@ SPEC = OpSpec(
         "cifar_p2_b256": dict(n=256, length=256, keep=64, dd=128),  # MIMIR CIFAR-10, patch 2, 75%
     },
     make_inputs=_inputs,
-    providers={
-        "ref": lambda: forced("torch", decoder_unshuffle),
-        "ref_compiled": lambda: forced("torch", torch.compile(decoder_unshuffle)),
-        "triton": lambda: forced("triton", decoder_unshuffle),
-    },
+    providers=standard_providers(decoder_unshuffle),
     bytes=_bytes,
     grad_argnums=(0, 1),
 )

@@ -8,7 +8,7 @@ import torch
 from mimir_fast.ops.hsic_gram import hsic_gram
 
 from ..registry import OpSpec
-from .common import forced
+from .common import HSIC_SHAPES, standard_providers
 
 SIGMA = 5.0
 """MIMIR's bandwidth factor."""
@@ -50,18 +50,9 @@ def _bytes(shape: dict, mode: str, dtype: torch.dtype) -> float:
 
 SPEC = OpSpec(
     name="hsic_gram",
-    shapes={
-        "tiny": dict(m=32, tokens=17, dim=64, px=16),
-        "cifar10_vit_s": dict(m=128, tokens=65, dim=384, px=32),  # MIMIR CIFAR-10, patch 2, per-GPU batch
-        "imagenet_vit_b_b256": dict(m=256, tokens=50, dim=768, px=224),
-        "imagenet_vit_b_b512": dict(m=512, tokens=50, dim=768, px=224),  # MIMIR ImageNet per-GPU batch
-    },
+    shapes=HSIC_SHAPES,
     make_inputs=_inputs,
-    providers={
-        "ref": lambda: forced("torch", hsic_gram),
-        "ref_compiled": lambda: forced("torch", torch.compile(hsic_gram)),
-        "triton": lambda: forced("triton", hsic_gram),
-    },
+    providers=standard_providers(hsic_gram),
     flops=_flops,
     bytes=_bytes,
     grad_argnums=(0,),

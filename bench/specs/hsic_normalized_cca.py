@@ -7,7 +7,7 @@ import torch
 from mimir_fast.ops import hsic_normalized_cca
 
 from ..registry import OpSpec
-from .common import forced
+from .common import HSIC_SHAPES, standard_providers
 
 
 def _inputs(shape: dict, device: torch.device, dtype: torch.dtype, requires_grad: bool) -> tuple:
@@ -27,17 +27,8 @@ def _flops(shape: dict, mode: str) -> float:
 
 SPEC = OpSpec(
     name="hsic_normalized_cca",
-    shapes={
-        "tiny": dict(m=32, tokens=17, dim=64, px=16),
-        "cifar10_vit_s": dict(m=128, tokens=65, dim=384, px=32),  # MIMIR CIFAR-10, patch 2, per-GPU batch
-        "imagenet_vit_b_b256": dict(m=256, tokens=50, dim=768, px=224),
-        "imagenet_vit_b_b512": dict(m=512, tokens=50, dim=768, px=224),  # MIMIR ImageNet per-GPU batch
-    },
+    shapes=HSIC_SHAPES,
     make_inputs=_inputs,
-    providers={
-        "ref": lambda: forced("torch", hsic_normalized_cca),
-        "ref_compiled": lambda: forced("torch", torch.compile(hsic_normalized_cca)),
-        "triton": lambda: forced("triton", hsic_normalized_cca),
-    },
+    providers=standard_providers(hsic_normalized_cca),
     flops=_flops,
 )

@@ -9,7 +9,7 @@ from mimir_fast.models_mae import masking_indices
 from mimir_fast.ops.masked_mse_loss import masked_mse_loss
 
 from ..registry import OpSpec
-from .common import forced
+from .common import standard_providers
 
 
 def _dims(shape: dict) -> tuple[int, int]:
@@ -48,11 +48,7 @@ SPEC = OpSpec(
         "cifar_p2_b128": dict(n=128, c=3, px=32, p=2, norm_pix=True),
     },
     make_inputs=_inputs,
-    providers={
-        "ref": lambda: forced("torch", masked_mse_loss),
-        "ref_compiled": lambda: forced("torch", torch.compile(masked_mse_loss)),
-        "triton": lambda: forced("triton", masked_mse_loss),
-    },
+    providers=standard_providers(masked_mse_loss),
     bytes=_bytes,
     grad_argnums=(0, 1),
 )

@@ -9,7 +9,7 @@ from mimir_fast.models_mae import masking_indices
 from mimir_fast.ops.patch_embed_visible import patch_embed_visible
 
 from ..registry import OpSpec
-from .common import forced
+from .common import standard_providers
 
 
 def _dims(shape: dict) -> tuple[int, int, int, int]:
@@ -59,11 +59,7 @@ SPEC = OpSpec(
         "cifar_p2_b256": dict(n=256, c=3, px=32, p=2, d=384, keep=64),  # MIMIR CIFAR-10 ViT-S, patch 2
     },
     make_inputs=_inputs,
-    providers={
-        "ref": lambda: forced("torch", patch_embed_visible),
-        "ref_compiled": lambda: forced("torch", torch.compile(patch_embed_visible)),
-        "triton": lambda: forced("triton", patch_embed_visible),
-    },
+    providers=standard_providers(patch_embed_visible),
     flops=_flops,
     bytes=_bytes,
     grad_argnums=(0, 1, 2),

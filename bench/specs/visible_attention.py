@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from mimir_fast.ops.visible_attention import SDPA_BACKENDS, visible_attention
 
 from ..registry import OpSpec
-from .common import forced
+from .common import standard_providers
 
 
 def _inputs(shape: dict, device: torch.device, dtype: torch.dtype, requires_grad: bool) -> tuple:
@@ -72,9 +72,7 @@ def _xformers():
 
 
 _PROVIDERS = {
-    "ref": lambda: forced("torch", visible_attention),
-    "ref_compiled": lambda: forced("torch", torch.compile(visible_attention)),
-    "triton": lambda: forced("triton", visible_attention),
+    **standard_providers(visible_attention),
     **{name: (lambda name=name: _sdpa(name)) for name in SDPA_BACKENDS},
 }
 if importlib.util.find_spec("xformers") is not None:
