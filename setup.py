@@ -13,6 +13,7 @@ setup(
         "mimir_fast.data",
         "mimir_fast.train",
         "mimir_fast.evaluate",
+        "mimir_fast.purify",
         "mimir_fast.kernels",
     ],
     package_dir={"mimir_fast.kernels": "kernels"},

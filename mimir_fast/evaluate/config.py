@@ -8,6 +8,8 @@ from ..errors import ConfigError
 
 ATTACKS = ("clean", "pgd20", "pgd100", "aa", "aa-rand", "pgd-mi")
 PREPROCESSING = ("auto", "none", "Res256Crop224", "BicubicRes256Crop224")
+DEFENSES = ("none", "de3")
+DENORM_STATS = ("clean", "noisy", "none")
 LARGE_EPS = 64.0  # /255: at or above this, a sound attack should bring accuracy to about 0
 
 
@@ -55,6 +57,16 @@ class EvalConfig:
     """Where eval_results.json and robust_curve.png go."""
     device: str = "auto"
     """auto (cuda if available, else cpu), cpu or cuda."""
+    defense: str = "none"
+    """none, or de3: classify De^3 purifications (noise of std gamma, NIM reconstruction from --purifier); every
+    attack then runs through purifier and classifier with exact gradients (one noise draw per forward)."""
+    purifier: str | None = None
+    """de3: the NIM pretraining checkpoint (mimir-fast pretrain --method nim) that reconstructs."""
+    gamma: float = 70.0
+    """de3: test-time noise std in /255 units, >= 0 (NIM: 70 or 140; larger: more robust, less accurate)."""
+    denorm_stats: str = "clean"
+    """de3: patch statistics that de-normalise the reconstruction: clean (released; copies each patch's mean and
+    std from the un-noised input, a noise-free gradient path for the attacker), noisy, or none (no norm-pix)."""
 
     def __post_init__(self) -> None:
         if not self.resume:
@@ -82,6 +94,13 @@ class EvalConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.pgd_mi_lambda < 0:
             raise ConfigError(f"pgd_mi_lambda must be >= 0, got {self.pgd_mi_lambda}")
+        for name, choices in (("defense", DEFENSES), ("denorm_stats", DENORM_STATS)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(choices)}")
+        if self.defense == "de3" and not self.purifier:
+            raise ConfigError("--defense de3 needs --purifier CHECKPOINT (from mimir-fast pretrain --method nim)")
+        if not self.gamma >= 0:
+            raise ConfigError(f"gamma must be >= 0 (De^3 noise std in /255 units), got {self.gamma}")
 
     @property
     def attack_list(self) -> list[str]:

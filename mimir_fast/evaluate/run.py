@@ -114,6 +114,12 @@ def run_eval(cfg: EvalConfig) -> dict | None:
 
 def _evaluate(cfg: EvalConfig, device: torch.device, env) -> dict | None:
     model, info = load_classifier(cfg, device)
+    if cfg.defense == "de3":  # attack purifier + classifier end to end (mimir_fast.purify.de3)
+        from ..purify.de3 import PurifiedClassifier, load_de3_purifier
+
+        purifier = load_de3_purifier(cfg.purifier, cfg.gamma, cfg.denorm_stats, image_size=info.input_size)
+        model = PurifiedClassifier(purifier.to(device), model).eval()
+        torch.manual_seed(cfg.seed + env.rank)  # the purifier's noise draws
     dataset = eval_dataset(cfg, info.input_size)
     found = getattr(dataset, "num_classes", None)
     if found is not None and found > info.num_classes:

@@ -15,7 +15,9 @@ from functools import cache
 
 from ..errors import ConfigError
 
-METHODS = ("mimir", "mae")
+METHODS = ("mimir", "mae", "maep", "nim")
+NIM_SIGMA_DISTS = ("gamma", "uniform", "fixed")
+MAEP_PAIR_ATTACKS = ("mae", "purifier", "none")
 FINETUNE_METHODS = ("pgd", "trades", "clean")
 DATA_KINDS = ("auto", "digits", "folder", "synthetic")
 DATA_BACKENDS = ("auto", "dali", "torch", "synthetic")
@@ -174,7 +176,9 @@ class PretrainConfig(RunConfig):
     mask_ratio: float = 0.75
     """Fraction of patches removed in the training forward, in [0, 1)."""
     method: str = "mimir"
-    """mimir: MAE on PGD examples plus the HSIC penalty; mae: plain MAE (no attack, no HSIC)."""
+    """mimir: MAE on PGD examples plus the HSIC penalty; mae: plain MAE (no attack, no HSIC); maep: the MAEP
+    purifier (masked x_adv -> clean x, masked MSE plus L1; needs --no-norm_pix_loss); nim: NIM (no masking, Gaussian
+    noise on every pixel, all patches reconstructed; the nim_* fields)."""
     steps: int = 1
     """PGD steps K of the pretraining attack (MIMIR: 1)."""
     eps: float = 8.0
@@ -189,13 +193,35 @@ class PretrainConfig(RunConfig):
     """HSIC Gaussian bandwidth factor σ (MIMIR: 5)."""
     hsic_ridge: float = 1e-5
     """HSIC ridge ε in (K̃ + ε m I) (MIMIR: 1e-5)."""
+    maep_mask_ratio: float = 0.5
+    """maep: mask ratio of the training forward, in [0, 1) (MAEP: 0.5; mask_ratio is not used by maep)."""
+    maep_l1_weight: float = 1.0
+    """maep: weight of the L1 purification loss mean|P(x_adv) - x| (our choice; the paper's is unknown)."""
+    maep_mae_weight: float = 1.0
+    """maep: weight of the masked-patch MSE (our choice; the paper's is unknown)."""
+    maep_pair_attack: str = "mae"
+    """maep: how x_adv is made each step (our choice; the paper's is unknown): mae (PGD on the purifier's masked
+    reconstruction loss, MIMIR's attack, with eps/alpha/steps/attack_mask_ratio), purifier (PGD maximising the
+    L1 purification loss through the unmasked purifier) or none (x_adv = x)."""
+    nim_sigma_dist: str = "gamma"
+    """nim: distribution of the per-image noise std σ (/255 units): gamma (NIM), uniform or fixed."""
+    nim_gamma_shape: float = 25.0
+    """nim: shape k of σ ~ Gamma(k, scale θ) (NIM: 25; mean kθ = 75, std sqrt(k)·θ = 15)."""
+    nim_gamma_scale: float = 3.0
+    """nim: scale θ of σ ~ Gamma(k, scale θ) (NIM: 3, i.e. rate 1/3)."""
+    nim_sigma_low: float = 0.0
+    """nim: lower end of σ ~ U(low, high) with nim_sigma_dist uniform (/255 units)."""
+    nim_sigma_high: float = 150.0
+    """nim: upper end of σ ~ U(low, high) with nim_sigma_dist uniform (/255 units; NIM's default 150)."""
+    nim_sigma: float = 75.0
+    """nim: σ with nim_sigma_dist fixed (/255 units)."""
     output_dir: str = "output_dir"
     """Where checkpoints, log.txt, TensorBoard events and the reconstruction figure go."""
 
     def validate(self) -> None:
         RunConfig.validate(self)
         _choice("method", self.method, METHODS)
-        for name in ("mask_ratio", "attack_mask_ratio"):
+        for name in ("mask_ratio", "attack_mask_ratio", "maep_mask_ratio"):
             value = getattr(self, name)
             _check(0.0 <= value < 1.0, f"{name} must be in [0, 1), got {value}")
             _check(int(self.num_patches * (1 - value)) >= 1, f"{name} {value} keeps 0 of {self.num_patches} patches")
@@ -205,6 +231,22 @@ class PretrainConfig(RunConfig):
         _check(self.mi_xpl >= 0, f"mi_xpl must be >= 0, got {self.mi_xpl}")
         _check(self.hsic_sigma > 0, f"hsic_sigma must be > 0, got {self.hsic_sigma}")
         _check(self.hsic_ridge > 0, f"hsic_ridge must be > 0, got {self.hsic_ridge}")
+        _choice("maep_pair_attack", self.maep_pair_attack, MAEP_PAIR_ATTACKS)
+        _choice("nim_sigma_dist", self.nim_sigma_dist, NIM_SIGMA_DISTS)
+        _check(self.nim_gamma_shape > 0 and self.nim_gamma_scale > 0,
+               f"nim_gamma_shape and nim_gamma_scale must be > 0, got {self.nim_gamma_shape} and "
+               f"{self.nim_gamma_scale}")
+        _check(0 <= self.nim_sigma_low <= self.nim_sigma_high,
+               f"nim_sigma_low and nim_sigma_high need 0 <= low <= high, got {self.nim_sigma_low} and "
+               f"{self.nim_sigma_high}")
+        _check(self.nim_sigma >= 0, f"nim_sigma must be >= 0 (in /255 units), got {self.nim_sigma}")
+        weights = (self.maep_l1_weight, self.maep_mae_weight)
+        _check(min(weights) >= 0 and sum(weights) > 0,
+               f"maep_l1_weight and maep_mae_weight must be >= 0 and not both 0, got {self.maep_l1_weight} and "
+               f"{self.maep_mae_weight}")
+        _check(self.method != "maep" or not self.norm_pix_loss,
+               "method maep trains pixel predictions (its L1 loss compares them with the clean image): "
+               "add --no-norm_pix_loss")
         _check(
             not self.uses_hsic or self.batch_size >= 2,
             f"batch_size must be >= 2 when the HSIC penalty is on (mi_xpl > 0), got {self.batch_size}",

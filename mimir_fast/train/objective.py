@@ -28,6 +28,14 @@ def pretrain_losses(model: nn.Module, imgs: torch.Tensor, cfg) -> dict[str, torc
     if cfg.method == "mae":
         loss = model(imgs, cfg.mask_ratio)[0]
         return {"loss": loss, "mae_loss": loss.detach(), "hsic": torch.zeros((), device=imgs.device)}
+    if cfg.method == "maep":  # MAEP purifier: also returns ``pur_loss`` (mimir_fast.purify.maep)
+        from ..purify.maep import maep_losses
+
+        return maep_losses(model, imgs, cfg)
+    if cfg.method == "nim":  # NIM: noise on every pixel, no masking (mimir_fast.purify.nim)
+        from ..purify.nim import nim_losses
+
+        return nim_losses(model, imgs, cfg)
 
     x_adv = pgd_mae(
         getattr(model, "module", model),

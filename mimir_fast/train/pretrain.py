@@ -44,12 +44,21 @@ class PretrainTask(Task):
             raise CheckpointError(f"{path} is a classifier checkpoint; pretraining resumes pretraining checkpoints")
 
     def after_run(self, model, cfg: PretrainConfig, output_dir: Path, device: torch.device) -> dict:
+        if cfg.method == "nim":  # original, noisy input, reconstruction (no masking)
+            from ..purify.nim import save_nim_figure, typical_sigma
+
+            return {"figure": save_nim_figure(model, visual_batch(cfg).to(device), output_dir / "reconstruction.png",
+                                              sigma=typical_sigma(cfg), seed=cfg.seed)}
         figure = save_reconstruction_figure(
-            model, visual_batch(cfg).to(device), cfg.mask_ratio, output_dir / "reconstruction.png", seed=cfg.seed
+            model, visual_batch(cfg).to(device), cfg.maep_mask_ratio if cfg.method == "maep" else cfg.mask_ratio,
+            output_dir / "reconstruction.png", seed=cfg.seed,
         )
         return {"figure": figure}
 
 
 def run_pretrain(cfg: PretrainConfig) -> RunSummary:
     """Pretrain ``cfg``; see ``mimir_fast.train.runner`` for checkpoints, resume and reproducibility."""
-    return run(PretrainTask(), cfg)
+    task = PretrainTask()
+    if cfg.method == "maep":  # also log MAEP's L1 purification loss
+        task.loss_keys = (*LOSS_KEYS, "pur_loss")
+    return run(task, cfg)
