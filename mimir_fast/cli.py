@@ -144,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "demo":
             _demo(args)
     except MimirFastError as e:
-        print(f"mimir-fast: error: {one_line(e)}", file=sys.stderr)
+        # one write, so that the lines of several ranks sharing a stderr pipe do not interleave
+        sys.stderr.write(f"mimir-fast: error: {one_line(e)}\n")
+        sys.stderr.flush()
         return e.exit_code
     except KeyboardInterrupt:
         print("mimir-fast: interrupted", file=sys.stderr)
