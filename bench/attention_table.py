@@ -14,17 +14,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from mimir_fast.ops.visible_attention import BACKENDS
-
-
-def shape_class(shape: dict, dtype: str) -> tuple[int, int, str]:
-    """``mimir_fast.ops.visible_attention.shape_class`` from a benchmark shape record."""
-    hd, t = 8, 16
-    while hd < shape["hd"]:
-        hd *= 2
-    while t < shape["t"]:
-        t *= 2
-    return hd, t, dtype
+from mimir_fast.ops.visible_attention import BACKENDS, shape_class_of
 
 
 def entries(results: list[dict]) -> dict[tuple, tuple[str, float, dict]]:
@@ -32,7 +22,7 @@ def entries(results: list[dict]) -> dict[tuple, tuple[str, float, dict]]:
     per_class: dict[tuple, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for r in results:
         if r["op"] == "visible_attention" and r["mode"] == "fwdbwd" and r["provider"] in BACKENDS and "error" not in r:
-            per_class[shape_class(r["shape"], r["dtype"])][r["provider"]] += r["median_ms"]
+            per_class[shape_class_of(r["shape"]["hd"], r["shape"]["t"], r["dtype"])][r["provider"]] += r["median_ms"]
     out = {}
     for key, times in per_class.items():
         best = min(times, key=times.get)

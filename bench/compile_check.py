@@ -63,7 +63,7 @@ from pathlib import Path
 
 import torch
 
-from .harness import SCHEMA, environment
+from .harness import SCHEMA, environment, result_path
 from .registry import load
 
 OPS = ("patch_embed_visible", "decoder_unshuffle", "masked_mse_loss", "visible_attention", "hsic_gram")
@@ -393,9 +393,7 @@ def _jsonable(x):
 
 
 def default_out() -> Path:
-    env_sha = environment(torch.device("cpu"))["git_commit"]
-    now = datetime.datetime.now(datetime.timezone.utc)
-    return Path("bench/results") / f"compile-check_sm90_{now:%Y%m%d}_{(env_sha or 'nogit')[:8]}.json"
+    return result_path("bench/results", "compile-check", environment(torch.device("cpu")), device_slug="sm90")
 
 
 def _fmt_int(x) -> str:

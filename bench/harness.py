@@ -138,14 +138,20 @@ class FlopCount(TorchDispatchMode):
         return out
 
 
+def result_path(out_dir: str | Path, suite: str, env: dict, device_slug: str | None = None) -> Path:
+    """``<out_dir>/<suite>_<device-slug>_<yyyymmdd>_<shortsha>.json`` for an ``environment()`` dict; the slug is
+    made from ``env["device"]`` unless given."""
+    slug = device_slug or re.sub(r"[^a-z0-9]+", "-", env["device"].lower()).strip("-")[:32] or env["device_type"]
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return Path(out_dir) / f"{suite}_{slug}_{now:%Y%m%d}_{(env['git_commit'] or 'nogit')[:8]}.json"
+
+
 def write_results(out_dir: str | Path, suite: str, device: torch.device, results: list[dict],
                   extra: dict | None = None) -> Path:
     """Write the suite's JSON document (``extra`` adds top-level fields) and return its path."""
     env = environment(device)
-    slug = re.sub(r"[^a-z0-9]+", "-", env["device"].lower()).strip("-")[:32] or device.type
     now = datetime.datetime.now(datetime.timezone.utc)
-    sha = (env["git_commit"] or "nogit")[:8]
-    path = Path(out_dir) / f"{suite}_{slug}_{now:%Y%m%d}_{sha}.json"
+    path = result_path(out_dir, suite, env)
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"schema": SCHEMA, "suite": suite, "created_utc": now.isoformat(timespec="seconds"), "argv": sys.argv,
            "env": env, **(extra or {}), "results": results}

@@ -6,25 +6,20 @@
 from __future__ import annotations
 
 import argparse
-import datetime
-import re
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from .harness import environment
+from .harness import environment, result_path
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="bench/results")
     args = p.parse_args(argv)
-    env = environment(torch.device("cpu"))
-    slug = re.sub(r"[^a-z0-9]+", "-", env["device"].lower()).strip("-")[:32]
-    sha = (env["git_commit"] or "nogit")[:8]
-    path = Path(args.out) / f"refs-cpu_{slug}_{datetime.datetime.now(datetime.timezone.utc):%Y%m%d}_{sha}.json"
+    path = result_path(args.out, "refs-cpu", environment(torch.device("cpu")))
     path.parent.mkdir(parents=True, exist_ok=True)
     here = Path(__file__).resolve().parent
     return pytest.main([str(here / "test_refs_cpu.py"), "-q", "-p", "no:cacheprovider", "--rootdir", str(here.parent),

@@ -59,13 +59,17 @@ Example entry: ``(64, 64, "bfloat16"): "triton"`` for ViT-B at 50 visible tokens
 def shape_class(q: torch.Tensor) -> tuple[int, int, str]:
     """The ``FASTEST_BACKEND`` key of a call: (hd rounded up to a power of two ≥ 8, T rounded up to a power of
     two ≥ 16, dtype name). E.g. ViT-B/16 encoder at 75 % masking, q (N, 12, 50, 64) bf16 -> (64, 64, "bfloat16")."""
-    hd, t = q.shape[-1], q.shape[-2]
+    return shape_class_of(q.shape[-1], q.shape[-2], str(q.dtype).removeprefix("torch."))
+
+
+def shape_class_of(hd: int, t: int, dtype: str) -> tuple[int, int, str]:
+    """``shape_class`` from a head width, a token count and a dtype name (e.g. a benchmark record's)."""
     hd_bucket, t_bucket = 8, 16
     while hd_bucket < hd:
         hd_bucket *= 2
     while t_bucket < t:
         t_bucket *= 2
-    return hd_bucket, t_bucket, str(q.dtype).removeprefix("torch.")
+    return hd_bucket, t_bucket, dtype
 
 
 def visible_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
