@@ -1,4 +1,5 @@
 # make demo : create .venv, install, run the whole pipeline on the embedded digits data (CPU or GPU)
+# make demo-purifiers : the same, plus the NIM/De^3 and MAEP purifier rows and the De^3 gamma sweep
 # make test : create .venv if needed, install, run the whole test suite
 #
 # OFFLINE=1 builds .venv on top of the system's site-packages and installs only this package
@@ -10,7 +11,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench clean
+.PHONY: demo demo-purifiers test bench clean
 
 $(STAMP): setup.py requirements.txt
 ifeq ($(OFFLINE),1)
@@ -29,6 +30,10 @@ endif
 demo: $(STAMP)
 	rm -rf output_dir/demo
 	$(VENV)/bin/mimir-fast demo --output_dir output_dir/demo
+
+demo-purifiers: $(STAMP)
+	rm -rf output_dir/demo
+	$(VENV)/bin/mimir-fast demo --purifiers --output_dir output_dir/demo
 
 test: $(STAMP)
 	$(PY) -m pytest tests $(PYTEST_ARGS)

@@ -285,7 +285,8 @@ def test_eval_defense_de3_runs_through_the_purifier(tmp_path, capsys):
     nim = _nim_ckpt(tmp_path / "nim.pth")
     out = ["--output_dir", str(tmp_path / "ev")]
     code, _, err = run(["eval", "--resume", str(clf), "--defense", "de3", "--gamma", "70", "--purifier", str(nim),
-                        "--n_ex", "6", "--attacks", "clean,pgd20", "--eps_curve", "0,8", *out], capsys)
+                        "--n_ex", "6", "--attacks", "clean,pgd20", "--eps_curve", "0,8", "--eot_iter", "2",
+                        "--eval_draws", "2", *out], capsys)
     assert code == 0, err
     report = json.loads((tmp_path / "ev" / "eval_results.json").read_text())
     assert report["config"]["defense"] == "de3" and report["config"]["gamma"] == 70

@@ -31,13 +31,16 @@ def pgd(
     steps: int,
     random_start: bool = True,
     start: torch.Tensor | None = None,
+    eot_iter: int = 1,
 ) -> torch.Tensor:
-    """Untargeted PGD on cross-entropy. images (N, C, H, W) in [0, 1], labels (N,) -> x_adv (N, C, H, W)."""
+    """Untargeted PGD on cross-entropy. images (N, C, H, W) in [0, 1], labels (N,) -> x_adv (N, C, H, W).
+
+    ``eot_iter`` > 1 averages that many input gradients per step (EOT, for randomised defences)."""
     if start is None and random_start:
         start = uniform_start(images, eps)
     with eval_mode(model):
         return linf_pgd(lambda x: F.cross_entropy(model(x), labels), images, eps=eps, alpha=alpha, steps=steps,
-                        start=start)
+                        start=start, eot_iter=eot_iter)
 
 
 def trades_attack(model: nn.Module, images: torch.Tensor, *, eps: float, alpha: float, steps: int) -> torch.Tensor:
@@ -63,8 +66,10 @@ def pgd_mi(
     lam: float = 1e-5,
     sigma: float = 5.0,
     start: torch.Tensor | None = None,
+    eot_iter: int = 1,
 ) -> torch.Tensor:
-    """MIMIR's PGD-MI: maximise CE + λ·HSIC(features(x'), x'). Needs ``forward_features``/``forward_head``."""
+    """MIMIR's PGD-MI: maximise CE + λ·HSIC(features(x'), x'). Needs ``forward_features``/``forward_head``.
+    ``eot_iter`` as in ``pgd``."""
     if start is None:
         start = uniform_start(images, eps)
 
@@ -74,4 +79,4 @@ def pgd_mi(
         return ce + lam * hsic_normalized_cca(features, x, sigma=sigma)
 
     with eval_mode(model):
-        return linf_pgd(objective, images, eps=eps, alpha=alpha, steps=steps, start=start)
+        return linf_pgd(objective, images, eps=eps, alpha=alpha, steps=steps, start=start, eot_iter=eot_iter)

@@ -3,6 +3,11 @@
 ``linf_pgd`` maximises ``objective(x)`` over the ε-ball around ``images`` intersected with [0, 1]:
 ``x ← clip₀¹(x₀ + clip±ε(x + α·sign(∇ₓ objective) − x₀))``. Only the input gradient is computed
 (``torch.autograd.grad(loss, x)``), so weight-gradient work is pruned and no ``.grad`` is touched.
+
+For a randomised model (a purifier that draws noise on each forward) ``eot_iter`` = K > 1 takes each step on
+the expectation-over-transformation gradient (Athalye et al. 2018): the mean of K input gradients, each from
+its own forward with its own random draw, ``(1/K) Σₖ ∇ₓ objective_k(x)``. The K passes run one after another,
+so memory stays that of one pass.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ def linf_pgd(
     alpha: float,
     steps: int,
     start: torch.Tensor | None = None,
+    eot_iter: int = 1,
 ) -> torch.Tensor:
     """Projected sign-gradient ascent on ``objective``.
 
@@ -47,15 +53,29 @@ def linf_pgd(
         eps: L∞ radius in pixel units; alpha: step size; steps: number of steps K ≥ 0.
         start: optional (N, C, H, W) initial offset added to ``images`` (then clamped to [0, 1]), e.g.
             ``uniform_start(images, eps)``; None starts at the clean images.
+        eot_iter: K ≥ 1 gradients averaged per step (EOT; see the module docstring); 1 for a deterministic model.
 
     Returns:
         Detached adversarial images (N, C, H, W), within ``eps`` of ``images`` and in [0, 1].
     """
+    if eot_iter < 1:
+        raise ValueError(f"eot_iter must be >= 1, got {eot_iter}")
     x0 = images.detach()
+    if eps == 0 and steps > 0:  # the ball is the point x0: every step projects back onto it (no gradient needed)
+        return x0.clone()
     x = x0.clone() if start is None else (x0 + start).clamp(0, 1)
     for _ in range(steps):
         x.requires_grad_(True)
-        (grad,) = torch.autograd.grad(objective(x), x)
+        grad = eot_gradient(objective, x, eot_iter)
         x = x.detach() + alpha * grad.sign()
         x = (x0 + (x - x0).clamp(-eps, eps)).clamp(0, 1)
     return x.detach()
+
+
+def eot_gradient(objective: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eot_iter: int = 1) -> torch.Tensor:
+    """The mean over ``eot_iter`` forward/backward passes of ∇ₓ ``objective(x)``, for ``x`` (N, C, H, W) that
+    requires grad: (N, C, H, W). Each pass draws the model's randomness afresh (from the global RNG)."""
+    (grad,) = torch.autograd.grad(objective(x), x)
+    for _ in range(eot_iter - 1):
+        grad = grad + torch.autograd.grad(objective(x), x)[0]
+    return grad / eot_iter if eot_iter > 1 else grad

@@ -6,10 +6,20 @@ from dataclasses import asdict, dataclass
 
 from ..errors import ConfigError
 
-ATTACKS = ("clean", "pgd20", "pgd100", "aa", "aa-rand", "pgd-mi")
+ATTACKS = ("clean", "pgd20", "pgd100", "aa", "aa-rand", "pgd-mi", "pgd20-gb", "aa-gb")
+GRAYBOX_ATTACKS = ("pgd20-gb", "aa-gb")
 PREPROCESSING = ("auto", "none", "Res256Crop224", "BicubicRes256Crop224")
-DEFENSES = ("none", "de3")
+DEFENSES = ("none", "de3", "maep")
 DENORM_STATS = ("clean", "noisy", "none")
+TRANSFERS = ("none", "resize", "tile")
+GRADIENTS = ("exact", "bpda")
+DEFAULT_ATTACKS = {  # full-gradient attacks first; a purifier also gets its labelled gray-box number
+    "none": "clean,pgd20,pgd100,aa",
+    "de3": "clean,pgd20,aa-rand,pgd20-gb",
+    "maep": "clean,pgd20,aa,pgd20-gb",
+}
+RANDOMIZED_EOT = 20  # EOT draws per gradient for a randomised defence (AutoAttack rand's eot_iter)
+RANDOMIZED_DRAWS = 10  # stochastic forward passes per example when scoring a randomised defence
 LARGE_EPS = 64.0  # /255: at or above this, a sound attack should bring accuracy to about 0
 
 
@@ -19,8 +29,10 @@ class EvalConfig:
 
     resume: str = ""
     """The classifier checkpoint to evaluate (from mimir-fast finetune)."""
-    attacks: str = "clean,pgd20,pgd100,aa"
-    """Comma-separated: clean, pgd20, pgd100, aa (AutoAttack standard), aa-rand (AutoAttack rand), pgd-mi."""
+    attacks: str | None = None
+    """Comma-separated: clean, pgd20, pgd100, aa (AutoAttack standard), aa-rand (AutoAttack rand), pgd-mi, and with
+    a defence pgd20-gb, aa-gb (gray-box). Default: clean,pgd20,pgd100,aa; with --defense de3
+    clean,pgd20,aa-rand,pgd20-gb; with --defense maep clean,pgd20,aa,pgd20-gb."""
     eps: float = 8.0
     """L∞ radius in /255 units (RobustBench: 8 for CIFAR-10, 4 for ImageNet)."""
     alpha: float = 2.0
@@ -58,15 +70,32 @@ class EvalConfig:
     device: str = "auto"
     """auto (cuda if available, else cpu), cpu or cuda."""
     defense: str = "none"
-    """none, or de3: classify De^3 purifications (noise of std gamma, NIM reconstruction from --purifier); every
-    attack then runs through purifier and classifier with exact gradients (one noise draw per forward)."""
+    """none; de3: classify De^3 purifications (noise of std gamma, NIM reconstruction from --purifier); maep:
+    classify MAEP purifications (--purifier from pretrain --method maep). Attacks then run through purifier and
+    classifier with exact gradients (full-gradient, adaptive), except the -gb ones (gray-box: the attack sees the
+    classifier alone, and the purifier is applied afterwards; non-adaptive, so weaker)."""
     purifier: str | None = None
-    """de3: the NIM pretraining checkpoint (mimir-fast pretrain --method nim) that reconstructs."""
+    """The purifier checkpoint: de3, a NIM pretraining (pretrain --method nim); maep, a MAEP pretraining."""
     gamma: float = 70.0
     """de3: test-time noise std in /255 units, >= 0 (NIM: 70 or 140; larger: more robust, less accurate)."""
     denorm_stats: str = "clean"
     """de3: patch statistics that de-normalise the reconstruction: clean (released; copies each patch's mean and
     std from the un-noised input, a noise-free gradient path for the attacker), noisy, or none (no norm-pix)."""
+    gamma_sweep: str | None = None
+    """de3: comma-separated γ values (/255, e.g. 0,35,70,105,140); runs the attacks at each γ and writes
+    gamma_curve.json and gamma_curve.png (clean and robust accuracy against γ); --gamma is then unused."""
+    transfer: str = "none"
+    """maep: how a purifier trained at another image size is applied: none (sizes must match), resize or tile."""
+    eot_iter: int | None = None
+    """Gradients averaged per PGD step (EOT) against a randomised defence (de3 with gamma > 0; default 20); a
+    deterministic model always takes 1."""
+    eval_draws: int | None = None
+    """Stochastic forward passes per example when scoring a randomised defence (each example's noise is seeded
+    by (seed, example, draw), so the scores are reproducible); accuracy is their mean, accuracy_worst the
+    fraction right on every draw. Default 10; a deterministic model is scored once."""
+    gradient: str = "exact"
+    """How full-gradient attacks differentiate the purifier: exact (backpropagation through it; every part here
+    is differentiable) or bpda (identity backward pass, Athalye et al. 2018; for comparison only)."""
 
     def __post_init__(self) -> None:
         if not self.resume:
@@ -97,14 +126,44 @@ class EvalConfig:
         for name, choices in (("defense", DEFENSES), ("denorm_stats", DENORM_STATS)):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(choices)}")
-        if self.defense == "de3" and not self.purifier:
-            raise ConfigError("--defense de3 needs --purifier CHECKPOINT (from mimir-fast pretrain --method nim)")
+        for name, choices in (("transfer", TRANSFERS), ("gradient", GRADIENTS)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(choices)}")
+        if self.defense != "none" and not self.purifier:
+            method = {"de3": "nim", "maep": "maep"}[self.defense]
+            raise ConfigError(f"--defense {self.defense} needs --purifier CHECKPOINT (from mimir-fast pretrain "
+                              f"--method {method})")
         if not self.gamma >= 0:
             raise ConfigError(f"gamma must be >= 0 (De^3 noise std in /255 units), got {self.gamma}")
+        for g in self.gammas if self.gamma_sweep else []:
+            if not g >= 0:
+                raise ConfigError(f"gamma_sweep values must be >= 0 (De^3 noise std in /255 units), got {g:g}")
+        if self.gamma_sweep and self.defense != "de3":
+            raise ConfigError("--gamma_sweep needs --defense de3")
+        for name in ("eot_iter", "eval_draws"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        graybox = [a for a in self.attack_list if a in GRAYBOX_ATTACKS]
+        if graybox and self.defense == "none":
+            raise ConfigError(f"gray-box attacks ({', '.join(graybox)}) need a defence (--defense de3 or maep)")
 
     @property
     def attack_list(self) -> list[str]:
-        return [a.strip() for a in self.attacks.split(",") if a.strip()]
+        attacks = self.attacks if self.attacks is not None else DEFAULT_ATTACKS.get(self.defense, "")
+        return [a.strip() for a in attacks.split(",") if a.strip()]
+
+    @property
+    def gammas(self) -> list[float]:
+        """The γ values of ``gamma_sweep`` in the given order (duplicates dropped); ``[gamma]`` without a sweep."""
+        if not self.gamma_sweep:
+            return [self.gamma]
+        try:
+            values = [float(g) for g in self.gamma_sweep.split(",") if g.strip()]
+        except ValueError:
+            raise ConfigError(f"gamma_sweep must be comma-separated numbers, got {self.gamma_sweep!r}") from None
+        if not values:
+            raise ConfigError("gamma_sweep lists no value")
+        return list(dict.fromkeys(values))
 
     @property
     def curve(self) -> list[float]:

@@ -1,14 +1,17 @@
-"""``mimir-fast eval``: load a classifier, attack a fixed set of examples, check, report.
+"""``mimir-fast eval``: load a classifier (behind a purifier with ``--defense``), attack a fixed set of
+examples, check, report.
 
 Under torchrun the examples are sharded across ranks (rank r takes every world-size-th example), each rank
 attacks its shard, and rank 0 merges the per-example outcomes and writes the report. All numbers come from
-fp32 runs with the model in eval mode.
+fp32 runs with the model in eval mode. With ``--gamma_sweep`` the whole evaluation runs once per De^3 γ
+(``gamma_<γ>/eval_results.json`` each) and ``gamma_curve.json``/``gamma_curve.png`` summarise them.
 """
 
 from __future__ import annotations
 
 import math
 import platform
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +23,10 @@ from ..models_vit import create_classifier, is_classifier_state
 from ..train.checkpoint import load_checkpoint, load_model_state
 from ..train.runner import resolve_device
 from .checks import run_checks
-from .config import EvalConfig
+from .config import RANDOMIZED_DRAWS, RANDOMIZED_EOT, EvalConfig
 from .data import eval_dataset, load_examples, subset_indices
-from .report import accuracy_of, plot_curve, table, write_json
-from .suite import ShardResult, attack_shard, curve_key
+from .report import accuracy_of, plot_curve, plot_gamma_curve, table, worst_accuracy_of, write_json
+from .suite import ShardResult, Target, attack_shard, curve_key
 
 
 @dataclass(frozen=True)
@@ -59,10 +62,10 @@ def load_classifier(cfg: EvalConfig, device: torch.device) -> tuple[torch.nn.Mod
 
 def _merge(parts: list[ShardResult], order: list[int]) -> ShardResult:
     """Merge the ranks' results into one, per example, in evaluation order."""
-    merged = ShardResult(indices=list(order), zero_grad=sum(p.zero_grad for p in parts))
+    merged = ShardResult(indices=list(order), draws=parts[0].draws, zero_grad=sum(p.zero_grad for p in parts))
     position = {idx: i for i, idx in enumerate(order)}
     for key in parts[0].correct:
-        values = [False] * len(order)
+        values = [0] * len(order)
         for part in parts:
             for idx, ok in zip(part.indices, part.correct[key]):
                 values[position[idx]] = ok
@@ -78,28 +81,49 @@ def _merge(parts: list[ShardResult], order: list[int]) -> ShardResult:
     return merged
 
 
+def attack_settings(cfg: EvalConfig, target: Target) -> dict[str, str]:
+    """A label per attack key saying what the attacker sees (reported next to each number)."""
+    if cfg.defense == "none":
+        return {}
+    how = "BPDA (identity backward) through the purifier" if cfg.gradient == "bpda" else "exact gradients"
+    eot = f", EOT-{target.eot_iter}" if target.eot_iter > 1 else ""
+    full = f"full-gradient: purifier + classifier, {how}{eot}"
+    gray = "gray-box: attack on the classifier alone, then purified (non-adaptive, weaker)"
+    return {"clean": "no attack", "pgd20": full, "pgd100": full, "pgd-mi": full, "aa": f"full-gradient, {how}",
+            "aa-rand": f"full-gradient, {how}, APGD-CE/DLR with EOT-20", "pgd20-gb": gray, "aa-gb": gray}
+
+
 def build_report(cfg: EvalConfig, info: ClassifierInfo, parts: list[ShardResult], order: list[int],
-                 world_size: int = 1) -> dict:
+                 world_size: int = 1, *, defense: dict | None = None, settings: dict[str, str] | None = None) -> dict:
     """Merge the ranks' shard results and compute accuracies, the curve and the integrity checks."""
     merged = _merge(parts, order)
-    n = len(order)
-    accuracy = {key: accuracy_of(values) for key, values in merged.correct.items()}
+    n, draws = len(order), merged.draws
+    defense = defense or {"name": "none", "randomized": False}
+    settings = settings or {}
+    accuracy = {key: accuracy_of(values, draws) for key, values in merged.correct.items()}
     aa_after = {k: [(name, 100.0 * c / n if n else 0.0) for name, c in v] for k, v in merged.aa_after.items()}
-    return {
+    report = {
         "checkpoint": str(cfg.resume), "model": info.model, "num_classes": info.num_classes,
         "input_size": info.input_size, "patch_size": info.patch_size, "n_examples": n,
         "subset": cfg.ids or (f"first {cfg.n_ex}" if cfg.n_ex else "all"), "preprocessing": cfg.preprocessing,
         "eps": cfg.eps, "alpha": cfg.alpha, "seed": cfg.seed, "world_size": world_size, "precision": "fp32",
+        "defense": defense, "eval_draws": draws,
         "accuracy": {k: v for k, v in accuracy.items() if not k.startswith("curve:")},
-        "attacks": {k: {"seconds": merged.seconds[k], "max_perturbation": merged.max_perturbation.get(k)}
+        "attacks": {k: {"seconds": merged.seconds[k], "max_perturbation": merged.max_perturbation.get(k),
+                        "setting": settings.get(k)}
                     for k in merged.correct if not k.startswith("curve:")},
         "curve": [{"eps": e, "accuracy": accuracy[curve_key(e)]} for e in cfg.curve],
         "autoattack": {k: [{"attack": name, "accuracy_after": acc} for name, acc in v] for k, v in aa_after.items()},
-        "checks": run_checks(cfg, accuracy, merged.correct, n, merged.zero_grad, aa_after, merged.max_perturbation),
+        "checks": run_checks(cfg, accuracy, merged.correct, n, merged.zero_grad, aa_after, merged.max_perturbation,
+                             randomized=bool(defense.get("randomized"))),
         "per_example": {"index": merged.indices, **merged.correct},
         "config": cfg.to_dict(),
         "env": {"torch": torch.__version__, "python": platform.python_version()},
     }
+    if draws > 1:
+        report["accuracy_worst"] = {k: worst_accuracy_of(v, draws) for k, v in merged.correct.items()
+                                    if not k.startswith("curve:")}
+    return report
 
 
 def run_eval(cfg: EvalConfig) -> dict | None:
@@ -112,14 +136,57 @@ def run_eval(cfg: EvalConfig) -> dict | None:
         finish_distributed()
 
 
-def _evaluate(cfg: EvalConfig, device: torch.device, env) -> dict | None:
-    model, info = load_classifier(cfg, device)
-    if cfg.defense == "de3":  # attack purifier + classifier end to end (mimir_fast.purify.de3)
-        from ..purify.de3 import PurifiedClassifier, load_de3_purifier
+def build_target(cfg: EvalConfig, classifier: torch.nn.Module, info: ClassifierInfo, device: torch.device,
+                 gamma: float) -> tuple[Target, dict]:
+    """The model to attack and score for ``cfg.defense`` (at De^3 noise level ``gamma``) and its description."""
+    if cfg.defense == "none":
+        return Target.plain(classifier), {"name": "none", "randomized": False}
+    from ..purify.defended import BPDA, PurifiedClassifier
 
-        purifier = load_de3_purifier(cfg.purifier, cfg.gamma, cfg.denorm_stats, image_size=info.input_size)
-        model = PurifiedClassifier(purifier.to(device), model).eval()
-        torch.manual_seed(cfg.seed + env.rank)  # the purifier's noise draws
+    if cfg.defense == "de3":
+        from ..purify.de3 import load_de3_purifier
+
+        purifier = load_de3_purifier(cfg.purifier, gamma, cfg.denorm_stats, image_size=info.input_size)
+        summary = f"De^3, gamma {gamma:g}/255, denorm_stats {cfg.denorm_stats}, NIM {cfg.purifier}"
+        extra = {"gamma": gamma, "denorm_stats": cfg.denorm_stats}
+    else:
+        from ..purify.maep import load_maep_purifier
+
+        purifier = load_maep_purifier(cfg.purifier, image_size=info.input_size, transfer=cfg.transfer)
+        summary = f"MAEP {cfg.purifier}, transfer {cfg.transfer}"
+        extra = {"transfer": cfg.transfer}
+    purifier = purifier.to(device).eval()
+    model = PurifiedClassifier(purifier, classifier).eval()
+    randomized = model.randomized
+    eot = (cfg.eot_iter or RANDOMIZED_EOT) if randomized else 1  # a deterministic purifier: one draw is exact
+    draws = (cfg.eval_draws or RANDOMIZED_DRAWS) if randomized else 1
+    attack_model = PurifiedClassifier(BPDA(purifier), classifier).eval() if cfg.gradient == "bpda" else model
+    summary += f"; {'randomised' if randomized else 'deterministic'}, EOT {eot}, scored on {draws} draw(s)"
+    description = {"name": cfg.defense, "purifier": str(cfg.purifier), "randomized": randomized, "eot_iter": eot,
+                   "eval_draws": draws, "gradient": cfg.gradient, "summary": summary, **extra}
+    target = Target(model=model, attack_model=attack_model, classifier=classifier, randomized=randomized,
+                    eot_iter=eot, draws=draws)
+    return target, description
+
+
+@torch.no_grad()
+def purifier_cost(target: Target, x: torch.Tensor, bs: int) -> float:
+    """Milliseconds per image of the purifier alone (no gradient, batches of ``bs``; after one warm-up batch)."""
+    purify = target.model.purify
+    purify(x[:bs])
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    start = time.perf_counter()
+    for i in range(0, len(x), bs):
+        purify(x[i:i + bs])
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    return 1000.0 * (time.perf_counter() - start) / max(len(x), 1)
+
+
+def _evaluate(cfg: EvalConfig, device: torch.device, env) -> dict | None:
+    classifier, info = load_classifier(cfg, device)
+    targets = [build_target(cfg, classifier, info, device, g) for g in cfg.gammas]  # errors before any attack
     dataset = eval_dataset(cfg, info.input_size)
     found = getattr(dataset, "num_classes", None)
     if found is not None and found > info.num_classes:
@@ -127,15 +194,51 @@ def _evaluate(cfg: EvalConfig, device: torch.device, env) -> dict | None:
     order = subset_indices(cfg, dataset)
     shard = order[env.rank::env.world_size]
     x, y = load_examples(dataset, shard, info.input_size)
-    parts = gather(attack_shard(model, x.to(device), y.to(device), shard, cfg, info.num_classes), env)
+    x, y = x.to(device), y.to(device)
+    output_dir = Path(cfg.output_dir)
+    reports = []
+    for gamma, (target, description) in zip(cfg.gammas, targets):
+        if cfg.defense != "none":
+            description["ms_per_image"] = purifier_cost(target, x, cfg.batch_size)
+            torch.manual_seed(cfg.seed + env.rank)  # the purifier's noise draws during the attacks
+        parts = gather(attack_shard(target, x, y, shard, cfg, info.num_classes), env)
+        if not env.is_main:
+            continue
+        report = build_report(cfg, info, parts, order, env.world_size, defense=description,
+                              settings=attack_settings(cfg, target))
+        report["env"]["device"] = str(device)
+        folder = output_dir / f"gamma_{gamma:g}" if cfg.gamma_sweep else output_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        report["files"] = {"json": str(folder / "eval_results.json"), "curve_png": str(plot_curve(report, folder))}
+        write_json(report, folder)
+        print(table(report))
+        reports.append(report)
     if not env.is_main:
         return None
-    report = build_report(cfg, info, parts, order, env.world_size)
-    report["env"]["device"] = str(device)
-    output_dir = Path(cfg.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    report["files"] = {"json": str(output_dir / "eval_results.json"),
-                       "curve_png": str(plot_curve(report, output_dir))}
-    write_json(report, output_dir)
-    print(table(report))
-    return report
+    if not cfg.gamma_sweep:
+        return reports[0]
+    sweep = gamma_sweep_summary(cfg, reports)
+    sweep["files"] = {"json": str(output_dir / "gamma_curve.json"), "png": str(plot_gamma_curve(sweep, output_dir))}
+    write_json(sweep, output_dir, "gamma_curve.json")
+    print("gamma sweep: " + "; ".join(
+        f"{g:g}: " + ", ".join(f"{k} {v[i]:.1f}%" for k, v in sweep["accuracy"].items())
+        for i, g in enumerate(sweep["gammas"])))
+    return sweep
+
+
+def gamma_sweep_summary(cfg: EvalConfig, reports: list[dict]) -> dict:
+    """Clean and robust accuracy against γ from the per-γ reports (in the order of ``--gamma_sweep``)."""
+    keys = list(reports[0]["accuracy"])
+    labels = {k: f"{k} [{reports[0]['attacks'][k]['setting']}]" if k != "clean" else "clean" for k in keys}
+    return {
+        "gammas": [r["defense"]["gamma"] for r in reports],
+        "eps": cfg.eps, "n_examples": reports[0]["n_examples"], "eval_draws": reports[0]["eval_draws"],
+        "denorm_stats": cfg.denorm_stats, "purifier": str(cfg.purifier), "checkpoint": str(cfg.resume),
+        "accuracy": {k: [r["accuracy"][k] for r in reports] for k in keys},
+        "accuracy_worst": {k: [r.get("accuracy_worst", r["accuracy"])[k] for r in reports] for k in keys},
+        "labels": labels,
+        "checks_failed": {f"{r['defense']['gamma']:g}": [c["name"] for c in r["checks"] if c["status"] == "fail"]
+                          for r in reports},
+        "reports": [r["files"]["json"] for r in reports],
+        "config": cfg.to_dict(),
+    }

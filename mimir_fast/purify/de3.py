@@ -8,8 +8,9 @@
     P(x) = clamp(unpatchify(x̂), 0, 1).
 
 γ is one fixed scalar (the accuracy/robustness knob), not sampled. The purifier is randomised, so attacks
-on it need EOT or AutoAttack 'rand'; ``PurifiedClassifier`` is the end-to-end model they attack (exact
-gradients through noise, NIM and classifier; the noise is additive, so it passes gradients straight through).
+on it need EOT or AutoAttack 'rand'; ``PurifiedClassifier`` (``defended.py``) is the end-to-end model they
+attack (exact gradients through noise, NIM and classifier; the noise is additive, so it passes gradients
+straight through).
 
 ``denorm_stats`` chooses where (μ_i, s_i) come from (s = sqrt(unbiased var + 1e-6), norm-pix's statistics):
 
@@ -35,6 +36,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from .defended import PurifiedClassifier  # noqa: F401  (re-exported: the defended model evaluation attacks)
 from .nim import add_noise, patch_stats
 
 DENORM_STATS = ("clean", "noisy", "none")
@@ -72,6 +74,11 @@ class De3Purifier(nn.Module):
         self.gamma = float(gamma)
         self.denorm_stats = denorm_stats
 
+    @property
+    def randomized(self) -> bool:
+        """γ > 0: each forward draws fresh noise (γ = 0 is a deterministic reconstruction)."""
+        return self.gamma > 0
+
     def train(self, mode: bool = True) -> De3Purifier:
         """The NIM model stays in eval mode (no dropout/drop-path); the noise is drawn in either mode."""
         super().train(mode)
@@ -101,31 +108,6 @@ class De3Purifier(nn.Module):
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma:g}, denorm_stats={self.denorm_stats}"
-
-
-class PurifiedClassifier(nn.Module):
-    """``classifier(purifier(x))``: the defended model, for clean evaluation and full-gradient attacks.
-
-    ``x`` (N, C, H, W) in [0, 1] -> logits (N, num_classes). Gradients flow through both parts (the purifier's
-    parameters are frozen; the input gradient is exact). ``eval()``/``train()`` reach both parts; a De^3
-    purifier stays randomised in eval mode.
-    """
-
-    def __init__(self, purifier: nn.Module, classifier: nn.Module):
-        super().__init__()
-        self.purifier = purifier
-        self.classifier = classifier
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.purifier(x))
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The classifier's features of the purified ``x`` (for PGD-MI): (N, D)."""
-        return self.classifier.forward_features(self.purifier(x))
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """The classifier's head: (N, D) -> (N, num_classes)."""
-        return self.classifier.forward_head(features)
 
 
 def load_de3_purifier(path: str | Path, gamma: float, denorm_stats: str = "clean", *,

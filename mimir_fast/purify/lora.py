@@ -4,6 +4,8 @@
 layer's output exactly. ``apply_lora`` swaps chosen ``nn.Linear`` modules for ``LoRALinear`` wrappers and freezes
 everything but ``A`` and ``B``; ``merge_lora`` folds ``B A`` into the base weights and puts plain ``nn.Linear``
 modules back, so the model's ``state_dict`` has its original keys and shapes again (MAE's checkpoint layout).
+Before merging, a wrapped layer ``name`` holds ``name.base.weight``, ``name.base.bias``, ``name.lora_A`` and
+``name.lora_B``; ``lora_state`` maps a plain state_dict onto that layout (to start LoRA from a trained model).
 
 MAEP uses it to fine-tune only the decoder at mask ratio 0 (``decoder_lora_targets``).
 """
@@ -112,6 +114,22 @@ def apply_lora(model: nn.Module, targets: Iterable[str], rank: int = 4, alpha: f
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     """The model's ``LoRALinear`` modules by name."""
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def lora_state(model: nn.Module, plain_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``plain_state`` (keys of the unwrapped model) in the layout of ``model`` (with ``LoRALinear`` layers):
+    each wrapped layer's ``weight`` and ``bias`` move under ``base.``, and its ``lora_A`` and ``lora_B`` are
+    taken from ``model`` as they are (their initialisation). Keys of no wrapped layer pass through unchanged,
+    so a state that does not fit still fails ``load_state_dict`` by name."""
+    wrapped = lora_layers(model)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in plain_state.items():
+        owner, _, leaf = key.rpartition(".")
+        out[f"{owner}.base.{leaf}" if owner in wrapped else key] = value
+    for name, layer in wrapped.items():
+        out[f"{name}.lora_A"] = layer.lora_A.detach().clone()
+        out[f"{name}.lora_B"] = layer.lora_B.detach().clone()
+    return out
 
 
 @torch.no_grad()

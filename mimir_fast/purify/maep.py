@@ -14,9 +14,17 @@ are our choices (each exposed as a ``PretrainConfig`` flag):
   then use the decoder's output as pixels, with no per-patch statistics to take from anywhere (norm-pix would
   need them from the clean image, which the purifier does not have at test time). ``PretrainConfig`` rejects
   ``--method maep`` with norm-pix on.
-- **Stage 2** (``maep_lora_finetune``): LoRA on the decoder's linears only, at mask ratio 0 (inference's
-  setting), with the L1 purification loss alone (at ratio 0 no patch is masked, so ``L_mae`` is empty). The
-  update is merged afterwards, so checkpoints keep MAE's layout.
+- **Stage 2** (``mimir-fast pretrain --method maep --no-norm_pix_loss --maep_stage lora --maep_init
+  stage1/checkpoint-29.pth --output_dir stage2``): LoRA (``maep_lora_rank``, ``maep_lora_alpha``) on every
+  linear of the decoder (``decoder_lora_targets``), at mask ratio 0 (inference's setting), with the L1
+  purification loss ``mean |P(x_adv) − x|`` alone (``maep_lora_losses``; at ratio 0 no patch is masked, so
+  ``L_mae`` is empty), pairs from the same ``maep_pair_attack``. Only the LoRA matrices train (AdamW with the
+  run's ``weight_decay``); everything else stays at the stage-1 weights loaded from ``maep_init``, which must
+  be a stage-1 ``--method maep`` checkpoint of the same model and size. It runs through the shared runner, so
+  its checkpoints keep the LoRA layout (``<layer>.base.weight``, ``<layer>.lora_A``, ``<layer>.lora_B``) and
+  record ``maep_stage``, ``maep_lora_rank`` and ``maep_lora_alpha`` in ``args``: resuming rebuilds the same
+  wrapped model and continues exactly. ``load_maep_purifier`` merges the update into plain linears.
+  ``maep_lora_finetune`` is the same step as a plain loop over given batches (merged afterwards by default).
 - **Test time** (``MAEPPurifier``): one deterministic forward at mask ratio 0, unpatchified, clamped to [0, 1].
   Images of another size are refused unless a transfer is chosen: ``resize`` (bilinear in and out,
   anti-aliased when shrinking) or ``tile`` (cut into purifier-sized tiles, reflect-padding the border).
@@ -35,10 +43,11 @@ from ..attacks import pgd_mae
 from ..attacks.linf import eval_mode, linf_pgd, uniform_start
 from ..errors import CheckpointError, ConfigError
 from ..train.config import MAEP_PAIR_ATTACKS as PAIR_ATTACKS  # noqa: F401  (re-exported)
-from .lora import apply_lora, decoder_lora_targets, merge_lora
+from .lora import apply_lora, decoder_lora_targets, lora_state, merge_lora
 
 TRANSFERS = ("none", "resize", "tile")
 MAEP_LOSS_KEYS = ("loss", "mae_loss", "hsic", "pur_loss")
+MAEP_LORA_LOSS_KEYS = ("loss", "pur_loss")
 
 
 def _inner(model: nn.Module) -> nn.Module:
@@ -96,6 +105,82 @@ def maep_losses(model: nn.Module, imgs: torch.Tensor, cfg) -> dict[str, torch.Te
             "pur_loss": pur_loss.detach()}
 
 
+def maep_lora_losses(model: nn.Module, imgs: torch.Tensor, cfg) -> dict[str, torch.Tensor]:
+    """Stage 2's step loss for clean ``imgs`` (N, C, H, W) in [0, 1]: ``mean |P(x_adv) − x|`` at mask ratio 0.
+
+    ``x_adv`` comes from ``make_pairs`` (``cfg.maep_pair_attack``). The prediction goes through the model's own
+    forward (so DDP synchronises the gradients): at ratio 0 every patch is kept, in a random order that the
+    decoder undoes, which equals ``reconstruct`` up to float rounding. Returns ``loss`` (to backpropagate) and
+    the detached ``pur_loss``. No host sync.
+    """
+    x_adv = make_pairs(model, imgs, cfg)
+    _, pred, _, _ = model(imgs, 0.0, adv_images=x_adv)  # (N, L, p·p·C); its masked MSE (0/0) is not used
+    pur_loss = (_inner(model).unpatchify(pred) - imgs).abs().mean()
+    return {"loss": pur_loss, "pur_loss": pur_loss.detach()}
+
+
+def apply_maep_lora(model: nn.Module, rank: int, alpha: float) -> list[nn.Parameter]:
+    """Wrap every decoder linear of the ``MaskedAutoencoderViT`` ``model`` with LoRA (rank, alpha), in place;
+    returns the trainable ``A`` and ``B`` matrices (everything else is frozen)."""
+    return apply_lora(model, decoder_lora_targets(_inner(model)), rank, alpha)
+
+
+def maep_stage(args: dict) -> str:
+    """The MAEP stage a checkpoint's ``args`` record (``masked`` when absent: stage 1, before the flag)."""
+    return args.get("maep_stage") or "masked"
+
+
+def _maep_args(ckpt: dict, path) -> dict:
+    """The ``args`` of a ``--method maep`` pretraining checkpoint; a one-line ``CheckpointError`` otherwise."""
+    from ..models_vit import is_classifier_state
+
+    if is_classifier_state(ckpt["model"]):
+        raise CheckpointError(f"checkpoint {path} is a classifier checkpoint, not a --method maep pretraining one")
+    args = ckpt.get("args") or {}
+    if args.get("method") != "maep":
+        raise CheckpointError(f"checkpoint {path} was pretrained with method {args.get('method')!r}, not maep")
+    if args.get("norm_pix_loss"):
+        raise CheckpointError(f"checkpoint {path} was trained with norm-pix loss; MAEP purifiers predict pixels "
+                              "(--no-norm_pix_loss)")
+    return args
+
+
+def load_maep_init(model: nn.Module, cfg) -> None:
+    """Load the stage-1 checkpoint ``cfg.maep_init`` into ``model`` (already wrapped by ``apply_maep_lora``).
+
+    The checkpoint must be a ``--method maep`` stage-1 one without norm-pix, of ``cfg.model`` at
+    ``cfg.input_size`` / ``cfg.patch_size``; anything else is a one-line ``CheckpointError``. The LoRA matrices
+    keep their initialisation (``B = 0``: the wrapped model starts as the stage-1 model)."""
+    from ..train.checkpoint import load_checkpoint, load_model_state
+
+    path = cfg.maep_init
+    ckpt = load_checkpoint(path)
+    args = _maep_args(ckpt, path)
+    if maep_stage(args) != "masked":
+        raise CheckpointError(f"maep_init {path} is a --maep_stage {maep_stage(args)} checkpoint; it takes a stage-1 "
+                              "(masked) one (to go on with this run, --resume it)")
+    for key in ("model", "input_size", "patch_size"):
+        if key in args and args[key] != getattr(cfg, key):
+            raise CheckpointError(f"maep_init {path} has {key} {args[key]!r}, but --{key} is {getattr(cfg, key)!r}")
+    load_model_state(model, lora_state(model, ckpt["model"]), path)
+
+
+def check_maep_resume(ckpt: dict, path, cfg) -> None:
+    """Raise a one-line ``CheckpointError`` if ``ckpt`` is not of ``cfg``'s MAEP stage (and, for stage lora, of
+    its LoRA rank and alpha): the wrapped and the plain model have different layouts."""
+    args = ckpt.get("args") or {}
+    stage = maep_stage(args) if args.get("method") == "maep" else "masked"
+    if stage != cfg.maep_stage:
+        how = ("stage lora starts from a stage-1 checkpoint with --maep_init, in its own --output_dir"
+               if cfg.maep_stage == "lora" else "resume it with --maep_stage lora")
+        raise CheckpointError(f"checkpoint {path} is of --maep_stage {stage}, not {cfg.maep_stage} ({how})")
+    if stage == "lora":
+        saved = (int(args.get("maep_lora_rank", 0)), float(args.get("maep_lora_alpha", 0.0)))
+        if saved != (cfg.maep_lora_rank, float(cfg.maep_lora_alpha)):
+            raise CheckpointError(f"checkpoint {path} has LoRA rank {saved[0]}, alpha {saved[1]}, but the flags give "
+                                  f"--maep_lora_rank {cfg.maep_lora_rank} --maep_lora_alpha {cfg.maep_lora_alpha}")
+
+
 def maep_lora_finetune(
     model: nn.Module,
     batches: Iterable[torch.Tensor],
@@ -106,7 +191,7 @@ def maep_lora_finetune(
     lr: float = 1e-3,
     merge: bool = True,
 ) -> torch.Tensor:
-    """Stage 2: LoRA fine-tune of the decoder at mask ratio 0, in place.
+    """Stage 2 as a plain loop (the CLI's ``--maep_stage lora`` runs the same step through the runner), in place.
 
     Args:
         model: a stage-1 ``MaskedAutoencoderViT`` (pixel predictions).
@@ -115,18 +200,17 @@ def maep_lora_finetune(
         rank, alpha: LoRA rank and scale numerator; lr: AdamW learning rate (no weight decay).
         merge: fold the update into the decoder afterwards (plain ``nn.Linear`` again, all parameters frozen).
 
-    Only the LoRA matrices train; the loss is ``mean |P(x_adv) − x|`` at mask ratio 0. Returns the per-step
-    losses (steps,), detached, on the device (read once at the end, not per step).
+    Only the LoRA matrices train; the loss is ``maep_lora_losses``. Returns the per-step losses (steps,),
+    detached, on the device (read once at the end, not per step).
     """
     if _inner(model).norm_pix_loss:
         raise ConfigError("MAEP's LoRA stage needs a purifier trained without norm-pix (--no-norm_pix_loss)")
-    params = apply_lora(model, decoder_lora_targets(_inner(model)), rank, alpha)
+    params = apply_maep_lora(model, rank, alpha)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     model.train()
     losses = []
     for imgs in batches:
-        x_adv = make_pairs(model, imgs, cfg)
-        loss = (reconstruct(model, x_adv) - imgs).abs().mean()
+        loss = maep_lora_losses(model, imgs, cfg)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -194,7 +278,9 @@ class MAEPPurifier(nn.Module):
 
 
 def load_maep_purifier(path: str | Path, *, image_size: int | None = None, transfer: str = "none") -> MAEPPurifier:
-    """Build a ``MAEPPurifier`` (eval mode, frozen, CPU) from a ``--method maep`` pretraining checkpoint.
+    """Build a ``MAEPPurifier`` (eval mode, frozen, CPU) from a ``--method maep`` pretraining checkpoint of
+    either stage: a ``--maep_stage lora`` one is rebuilt with its recorded LoRA rank and alpha, loaded, and
+    merged, so the purifier holds a plain ``MaskedAutoencoderViT``.
 
     With ``image_size`` (the classifier's input side) a size mismatch without a transfer is a one-line
     ``ConfigError`` here, before any work; a checkpoint of another method is a ``CheckpointError``.
@@ -203,14 +289,14 @@ def load_maep_purifier(path: str | Path, *, image_size: int | None = None, trans
     from ..train.checkpoint import load_checkpoint, load_model_state
 
     ckpt = load_checkpoint(path)
-    args = ckpt.get("args") or {}
-    if args.get("method") != "maep":
-        raise CheckpointError(f"checkpoint {path} was pretrained with method {args.get('method')!r}, not maep")
+    args = _maep_args(ckpt, path)
     size = int(args["input_size"])
     if image_size is not None:
         check_transfer(size, image_size, transfer)
-    model = create_model(args["model"], img_size=size, patch_size=int(args["patch_size"]),
-                         norm_pix_loss=bool(args.get("norm_pix_loss", False)))
+    model = create_model(args["model"], img_size=size, patch_size=int(args["patch_size"]), norm_pix_loss=False)
+    if maep_stage(args) == "lora":
+        apply_maep_lora(model, int(args["maep_lora_rank"]), float(args["maep_lora_alpha"]))
     load_model_state(model, ckpt["model"], path)
+    merge_lora(model)
     model.requires_grad_(False)
     return MAEPPurifier(model.eval(), transfer)

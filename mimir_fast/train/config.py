@@ -18,7 +18,7 @@ from ..errors import ConfigError
 METHODS = ("mimir", "mae", "maep", "nim")
 NIM_SIGMA_DISTS = ("gamma", "uniform", "fixed")
 MAEP_PAIR_ATTACKS = ("mae", "purifier", "none")
-FINETUNE_METHODS = ("pgd", "trades", "clean")
+FINETUNE_METHODS = ("pgd", "trades", "clean", "de3")
 DATA_KINDS = ("auto", "digits", "folder", "synthetic")
 DATA_BACKENDS = ("auto", "dali", "torch", "synthetic")
 DALI_DEVICES = ("auto", "cpu", "gpu")
@@ -203,6 +203,16 @@ class PretrainConfig(RunConfig):
     """maep: how x_adv is made each step (our choice; the paper's is unknown): mae (PGD on the purifier's masked
     reconstruction loss, MIMIR's attack, with eps/alpha/steps/attack_mask_ratio), purifier (PGD maximising the
     L1 purification loss through the unmasked purifier) or none (x_adv = x)."""
+    maep_stage: str = "masked"
+    """maep: masked (stage 1: masked x_adv -> clean x, from scratch) or lora (stage 2: LoRA on the decoder's linears
+    of the maep_init model at mask ratio 0, L1 purification loss only; only the LoRA matrices train)."""
+    maep_init: str | None = None
+    """maep stage lora: the stage-1 (--maep_stage masked) checkpoint to start from (required there; a new
+    output_dir, as resuming goes by checkpoints of the lora stage)."""
+    maep_lora_rank: int = 4
+    """maep stage lora: rank r >= 1 of each decoder linear's update (alpha / r) · B A."""
+    maep_lora_alpha: float = 8.0
+    """maep stage lora: LoRA scale numerator alpha > 0; the update is scaled by alpha / rank."""
     nim_sigma_dist: str = "gamma"
     """nim: distribution of the per-image noise std σ (/255 units): gamma (NIM), uniform or fixed."""
     nim_gamma_shape: float = 25.0
@@ -232,6 +242,15 @@ class PretrainConfig(RunConfig):
         _check(self.hsic_sigma > 0, f"hsic_sigma must be > 0, got {self.hsic_sigma}")
         _check(self.hsic_ridge > 0, f"hsic_ridge must be > 0, got {self.hsic_ridge}")
         _choice("maep_pair_attack", self.maep_pair_attack, MAEP_PAIR_ATTACKS)
+        _choice("maep_stage", self.maep_stage, ("masked", "lora"))
+        _check(self.maep_stage == "masked" or self.method == "maep",
+               f"maep_stage lora fine-tunes a MAEP purifier: it needs --method maep, got method {self.method}")
+        _check(self.maep_stage == "masked" or self.maep_init,
+               "maep_stage lora needs --maep_init, the stage-1 (--maep_stage masked) checkpoint to start from")
+        _check(self.maep_init is None or self.maep_stage == "lora",
+               "maep_init is the starting point of --maep_stage lora; stage masked trains from scratch")
+        _check(self.maep_lora_rank >= 1, f"maep_lora_rank must be >= 1, got {self.maep_lora_rank}")
+        _check(self.maep_lora_alpha > 0, f"maep_lora_alpha must be > 0, got {self.maep_lora_alpha}")
         _choice("nim_sigma_dist", self.nim_sigma_dist, NIM_SIGMA_DISTS)
         _check(self.nim_gamma_shape > 0 and self.nim_gamma_scale > 0,
                f"nim_gamma_shape and nim_gamma_scale must be > 0, got {self.nim_gamma_shape} and "
@@ -271,7 +290,9 @@ class FinetuneConfig(RunConfig):
     finetune: str | None = None
     """Pretraining checkpoint (MAE/MIMIR) whose encoder initialises the classifier; none: train from scratch."""
     method: str = "pgd"
-    """pgd: Madry PGD-AT on adversarial examples only; trades: TRADES; clean: no attack."""
+    """pgd: Madry PGD-AT on adversarial examples only; trades: TRADES; clean: no attack; de3: NIM/De^3 (no attack;
+    train on the frozen --purifier's reconstructions of x + σε with σ ~ U(de3_sigma_low, de3_sigma_high) per image,
+    validate through De^3 at val_gamma)."""
     steps: int = 2
     """PGD steps of the training attack (MIMIR: 10 for CIFAR-10, 1 for ImageNet)."""
     eps: float = 8.0
@@ -280,6 +301,18 @@ class FinetuneConfig(RunConfig):
     """Training-attack step size in /255 units."""
     trades_beta: float = 6.0
     """TRADES weight of the KL term."""
+    purifier: str | None = None
+    """de3: the NIM pretraining checkpoint (mimir-fast pretrain --method nim) whose frozen model reconstructs the
+    training inputs; required with --method de3 and used by no other method."""
+    de3_sigma_low: float = 0.0
+    """de3: lower end of the per-image training noise σ ~ U(low, high), in /255 units (NIM: 0)."""
+    de3_sigma_high: float = 30.0
+    """de3: upper end of the per-image training noise σ ~ U(low, high), in /255 units (NIM: 30)."""
+    denorm_stats: str = "clean"
+    """de3: where the reconstruction's per-patch mean and std come from: clean (the un-noised input, as released),
+    noisy (the noisy input) or none (a NIM model trained without norm-pix); as eval's --denorm_stats."""
+    val_gamma: float = 70.0
+    """de3: the De^3 noise std γ (/255 units) of the per-epoch validation accuracy (NIM: 70; seeded noise)."""
     smoothing: float = 0.1
     """Label smoothing of the cross-entropy."""
     drop_path: float = 0.1
@@ -309,6 +342,15 @@ class FinetuneConfig(RunConfig):
         _check(0 <= self.drop_path < 1, f"drop_path must be in [0, 1), got {self.drop_path}")
         _check(0 < self.layer_decay <= 1, f"layer_decay must be in (0, 1], got {self.layer_decay}")
         _check(self.head_init_std > 0, f"head_init_std must be > 0, got {self.head_init_std}")
+        _check(self.method != "de3" or bool(self.purifier),
+               "method de3 needs --purifier CHECKPOINT (from mimir-fast pretrain --method nim)")
+        _check(self.method == "de3" or not self.purifier,
+               f"--purifier is used only by --method de3 (method is {self.method})")
+        _check(0 <= self.de3_sigma_low <= self.de3_sigma_high,
+               f"de3_sigma_low and de3_sigma_high need 0 <= low <= high, got {self.de3_sigma_low} and "
+               f"{self.de3_sigma_high}")
+        _choice("denorm_stats", self.denorm_stats, ("clean", "noisy", "none"))
+        _check(0 <= self.val_gamma < float("inf"), f"val_gamma must be >= 0 (in /255 units), got {self.val_gamma}")
 
 
 def _check(ok: bool, message: str) -> None:

@@ -29,9 +29,10 @@ def pretrain_losses(model: nn.Module, imgs: torch.Tensor, cfg) -> dict[str, torc
         loss = model(imgs, cfg.mask_ratio)[0]
         return {"loss": loss, "mae_loss": loss.detach(), "hsic": torch.zeros((), device=imgs.device)}
     if cfg.method == "maep":  # MAEP purifier: also returns ``pur_loss`` (mimir_fast.purify.maep)
-        from ..purify.maep import maep_losses
+        from ..purify.maep import maep_lora_losses, maep_losses
 
-        return maep_losses(model, imgs, cfg)
+        # stage lora returns only ``loss`` and ``pur_loss`` (MAEP_LORA_LOSS_KEYS)
+        return (maep_lora_losses if cfg.maep_stage == "lora" else maep_losses)(model, imgs, cfg)
     if cfg.method == "nim":  # NIM: noise on every pixel, no masking (mimir_fast.purify.nim)
         from ..purify.nim import nim_losses
 
