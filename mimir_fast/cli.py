@@ -57,15 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     pretrain = sub.add_parser(
         "pretrain",
-        help="MAE/MIMIR pretraining (no arguments: the embedded digits demo)",
-        description="MIMIR pretraining: MAE on PGD examples plus an HSIC penalty, or plain MAE (--method mae).",
+        help="MAE/MIMIR/NIM/MAEP pretraining (no arguments: the embedded digits demo)",
+        description="MIMIR pretraining: MAE on PGD examples plus an HSIC penalty; or plain MAE (--method mae), the NIM "
+        "denoising autoencoder (--method nim) or the MAEP purifier (--method maep, stage 2 with --maep_stage lora).",
     )
     _add_config_flags(pretrain, PretrainConfig)
     finetune = sub.add_parser(
         "finetune",
         help="adversarial fine-tuning of a classifier (--finetune CKPT: from a pretraining checkpoint)",
-        description="Adversarial fine-tuning (PGD-AT or TRADES) of a ViT classifier, from a MAE/MIMIR pretraining "
-        "checkpoint (--finetune) or from scratch.",
+        description="Adversarial fine-tuning (PGD-AT or TRADES; --method clean: none; --method de3: on De^3 "
+        "reconstructions of a NIM --purifier) of a ViT classifier, from a MAE/MIMIR/NIM pretraining checkpoint "
+        "(--finetune) or from scratch.",
     )
     _add_config_flags(finetune, FinetuneConfig)
     evaluate = sub.add_parser(

@@ -253,3 +253,22 @@ def test_gamma_sweep_writes_the_curve(tmp_path, capsys):
     zero = json.loads((out / "gamma_0" / "eval_results.json").read_text())
     assert not zero["defense"]["randomized"] and zero["eval_draws"] == 1  # γ = 0 draws nothing
     assert "gamma sweep:" in stdout
+
+
+def test_autoattack_attack_all_keeps_every_adversarial_example():
+    from mimir_fast.evaluate.autoattack import run_autoattack
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).eval()
+    x = torch.rand(9, 3, 2, 2)
+    y = model(x).argmax(1)
+    y[:3] = (y[:3] + 1) % 3  # three points start misclassified
+
+    def shift(xb, yb):  # an "attack" that moves every point but fools none of them (logits barely move)
+        return (xb + 1e-6).clamp(0, 1)
+
+    _, kept, _ = run_autoattack(model, [("shift", shift)], x, y, bs=4)
+    assert torch.equal(kept, x)  # fra31: only fooled points keep their adversarial example
+    robust, every, after = run_autoattack(model, [("shift", shift)], x, y, bs=4, attack_all=True)
+    assert torch.equal(every, (x + 1e-6).clamp(0, 1))  # every point attacked, every output kept
+    assert after == [("shift", int(robust.sum()))] and robust[3:].all() and not robust[:3].any()

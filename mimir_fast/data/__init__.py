@@ -77,8 +77,9 @@ def steps_per_epoch(cfg, dataset: Dataset | None, world_size: int = 1) -> int:
 
 
 def train_loader(cfg, dataset: Dataset | None, generator: torch.Generator, device: torch.device, *, rank: int = 0,
-                 world_size: int = 1, order: torch.Generator | None = None):
-    """One epoch of this rank's shuffled, fixed-size training batches.
+                 world_size: int = 1, order: torch.Generator | None = None, start_step: int = 0):
+    """One epoch of this rank's shuffled, fixed-size training batches, from batch ``start_step`` on (mid-epoch
+    resume: the same order, without its first ``start_step`` batches).
 
     ``order`` (default: ``generator``) draws the epoch's order and must be seeded alike on every rank;
     ``generator`` (per rank) seeds loader workers and synthetic images. ``cfg.data_backend`` picks the loader
@@ -86,14 +87,15 @@ def train_loader(cfg, dataset: Dataset | None, generator: torch.Generator, devic
     backend = resolve_backend(cfg, device)
     if backend == "dali":
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=order or generator))
-        return dali_train_loader(cfg, dataset, device, seed=seed, rank=rank, world_size=world_size)
+        return dali_train_loader(cfg, dataset, device, seed=seed, rank=rank, world_size=world_size, skip=start_step)
     if dataset is None or backend == "synthetic":
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        return SyntheticBatches(steps_per_epoch(cfg, dataset, world_size), cfg.batch_size, cfg.input_size, device,
-                                seed, getattr(cfg, "num_classes", 1))
+        return SyntheticBatches(steps_per_epoch(cfg, dataset, world_size) - start_step, cfg.batch_size,
+                                cfg.input_size, device, seed, getattr(cfg, "num_classes", 1))
     return DataLoader(
         dataset,
-        batch_sampler=ShardedBatchSampler(len(dataset), cfg.batch_size, order or generator, rank, world_size),
+        batch_sampler=ShardedBatchSampler(len(dataset), cfg.batch_size, order or generator, rank, world_size,
+                                          start_step),
         generator=generator,
         num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda",

@@ -61,18 +61,29 @@ def build_attacks(model: nn.Module, version: str, eps: float, num_classes: int, 
 
 
 def run_autoattack(
-    model: nn.Module, attacks: list[tuple], x: torch.Tensor, y: torch.Tensor, bs: int = 250
+    model: nn.Module, attacks: list[tuple], x: torch.Tensor, y: torch.Tensor, bs: int = 250,
+    attack_all: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, float]]]:
     """fra31's driver. x (N, C, H, W) float32 in [0, 1], y (N,) int64.
 
     Returns ``robust`` (N,) bool, ``x_adv`` (N, C, H, W) (the first successful adversarial example of each
     broken point, the clean image otherwise) and the number of robust points after each attack,
     ``[(name, count)]``.
+
+    ``attack_all`` is for a randomised model whose accuracy is scored afterwards over several draws: fra31
+    decides on single draws which points to attack (those one draw classifies right) and which adversarial
+    examples to keep (those one draw misclassifies), so a point one draw got wrong by chance would be scored
+    on its clean image, and a perturbation that fools most draws but not the checking one would be dropped.
+    With ``attack_all`` every point is attacked and keeps the latest attack's output (points flagged as
+    fooled still leave the later attacks, as in fra31).
     """
     x, y = x.float(), y.long()
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.no_grad():
-        robust = torch.cat([model(x[i:i + bs]).argmax(1) == y[i:i + bs] for i in range(0, len(x), bs)])
+        if attack_all:
+            robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
+        else:
+            robust = torch.cat([model(x[i:i + bs]).argmax(1) == y[i:i + bs] for i in range(0, len(x), bs)])
         x_adv = x.clone()
         after = []
         for name, attack in attacks:
@@ -83,6 +94,9 @@ def run_autoattack(
                     adv = attack(x[b], y[b])
                 fooled = model(adv).argmax(1) != y[b]
                 robust[b[fooled]] = False
-                x_adv[b[fooled]] = adv[fooled]
+                if attack_all:
+                    x_adv[b] = adv
+                else:
+                    x_adv[b[fooled]] = adv[fooled]
             after.append((name, int(robust.sum())))
     return robust, x_adv, after

@@ -7,7 +7,9 @@ driver, whose random draws are seeded per chunk of ``batch_size`` still-robust p
 With a randomised defence (De^3 at γ > 0) the attacks take ``eot_iter`` gradients per step (EOT) from the
 global RNG, and each (adversarial) example is scored on ``draws`` forward passes whose noise is seeded by
 ``(seed, example index, draw)``: ``correct[key]`` counts the draws that classify it right, so PGD at ε = 0
-scores exactly like the clean images, and scores do not depend on batching or sharding.
+scores exactly like the clean images, and scores do not depend on batching or sharding. AutoAttack then attacks
+every example and keeps every adversarial example (``run_autoattack(attack_all=True)``), since fra31's
+single-draw bookkeeping would otherwise decide what gets scored.
 """
 
 from __future__ import annotations
@@ -163,7 +165,8 @@ def attack_shard(target: Target | nn.Module, x: torch.Tensor, y: torch.Tensor, i
         if key in attacks:
             t = time.perf_counter()
             built = build_attacks(model, version, cfg.eps / 255, num_classes, cfg.seed)
-            _, x_adv, after = run_autoattack(model, built, x, y, bs=bs)
+            randomized = target.randomized and model is target.attack_model  # scored over draws: keep every adv
+            _, x_adv, after = run_autoattack(model, built, x, y, bs=bs, attack_all=randomized)
             record(key, x_adv, t)
             result.aa_after[key] = after
 

@@ -93,14 +93,16 @@ class De3Purifier(nn.Module):
         latent, _, ids_restore = self.nim.forward_encoder(noisy, 0.0, noise=order)
         return self.nim.forward_decoder(latent, ids_restore)
 
-    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Purify ``x`` (N, C, H, W) in [0, 1]: returns (N, C, H, W) in [0, 1], differentiable in ``x``.
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None,
+                sigma: torch.Tensor | float | None = None) -> torch.Tensor:
+        """Purify ``x`` (N, C, H, W) in [0, 1]: returns (N, C, H, W) fp32 in [0, 1], differentiable in ``x``.
 
         ε is drawn from the global RNG unless ``noise`` (N, C, H, W), a standard-normal draw, is given (to
-        hold the randomness fixed).
+        hold the randomness fixed). ``sigma`` (a scalar or (N,), /255 units) replaces γ for this call (the
+        classifier's fine-tuning draws one σ per image).
         """
-        noisy = add_noise(x, self.gamma, noise)
-        pred = self.reconstruct(noisy)  # (N, L, p·p·C)
+        noisy = add_noise(x, self.gamma if sigma is None else sigma, noise)
+        pred = self.reconstruct(noisy).float()  # (N, L, p·p·C)
         if self.denorm_stats != "none":
             mean, std = patch_stats(self.nim, x if self.denorm_stats == "clean" else noisy)
             pred = pred * std + mean

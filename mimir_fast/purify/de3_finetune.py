@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from .de3 import De3Purifier, load_de3_purifier
-from .nim import add_noise, patch_stats, sample_sigma
+from .nim import sample_sigma
 
 
 def load_finetune_purifier(path: str | Path, denorm_stats: str, image_size: int) -> De3Purifier:
@@ -48,12 +48,7 @@ def reconstruct(purifier: De3Purifier, x: torch.Tensor, sigma: torch.Tensor | fl
     ``sigma`` is a scalar or (N,) (one σ per image), in /255 units; ε ~ N(0, I) is drawn from the global RNG
     unless ``noise`` (N, C, H, W) is given. The NIM forward runs under the caller's autocast, if any.
     """
-    noisy = add_noise(x, sigma, noise)
-    pred = purifier.reconstruct(noisy).float()  # (N, L, p·p·C)
-    if purifier.denorm_stats != "none":
-        mean, std = patch_stats(purifier.nim, x if purifier.denorm_stats == "clean" else noisy)  # (N, L, 1) each
-        pred = pred * std + mean
-    return purifier.nim.unpatchify(pred).clamp(0, 1)
+    return purifier(x, noise, sigma)
 
 
 def training_inputs(purifier: De3Purifier, x: torch.Tensor, low: float, high: float) -> torch.Tensor:

@@ -90,6 +90,9 @@ class RunConfig:
     """Resume from the newest checkpoint-*.pth in output_dir when resume is not given."""
     save_freq: int = 20
     """Save checkpoint-{epoch}.pth every save_freq epochs and after the last epoch."""
+    save_every_steps: int = 0
+    """Also write checkpoint-mid.pth every this many updates within an epoch, for exact mid-epoch resume (0: off;
+    see mimir_fast/train/midepoch.py)."""
     print_freq: int = 20
     """Steps between progress updates; the loss is read back from the device only at these points."""
     seed: int = 0
@@ -140,6 +143,7 @@ class RunConfig:
         _check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
         _check(self.synthetic_size >= 1, f"synthetic_size must be >= 1, got {self.synthetic_size}")
         _check(self.save_freq >= 1, f"save_freq must be >= 1, got {self.save_freq}")
+        _check(self.save_every_steps >= 0, f"save_every_steps must be >= 0, got {self.save_every_steps}")
         _check(self.print_freq >= 1, f"print_freq must be >= 1, got {self.print_freq}")
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
 

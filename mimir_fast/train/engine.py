@@ -78,21 +78,31 @@ def train_one_epoch(
     device: torch.device,
     amp_dtype: torch.dtype | None,
     run_log: RunLog | None = None,
+    start_step: int = 0,
+    sums: torch.Tensor | None = None,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
 ) -> dict[str, float]:
     """Train ``steps`` steps of epoch ``epoch``; returns the epoch's mean losses (over the steps whose loss was
     finite), last lr, updates skipped as non-finite, img/s (without the first step), the whole epoch's time
-    and the first step's time (``first_step_s``, with compilation when the model is compiled)."""
+    and the first step's time (``first_step_s``, with compilation when the model is compiled).
+
+    Mid-epoch resume: ``batches`` then starts at batch ``start_step`` of the epoch, and ``sums`` (len(loss_keys)
+    + 1,) carries the loss sums of the steps before it. ``on_step(done, sums)`` is called after every update
+    (``done`` steps of the epoch finished; ``sums`` the running device sums), e.g. to write a mid-epoch
+    checkpoint; it must not read device values unless it acts.
+    """
     model.train()
     optimizer.zero_grad(set_to_none=True)
     progress = Progress(epoch, cfg.epochs, steps)
     guard = NonFiniteGuard(optimizer, device)
-    sums = torch.zeros(len(loss_keys) + 1, device=device)  # finite steps' losses, then their count
+    # finite steps' losses, then their count
+    sums = torch.zeros(len(loss_keys) + 1, device=device) if sums is None else sums.to(device).clone()
     logged_sums = sums.clone()  # at the previous print point
     lr = 0.0
     start = time.perf_counter()
     first_step_s = 0.0
-    done = 0
-    for it, (imgs, labels) in enumerate(batches):
+    done = start_step
+    for it, (imgs, labels) in enumerate(batches, start=start_step):
         if it % cfg.accum_iter == 0:
             lr = lr_at(
                 epoch + it / steps, lr=base_lr, min_lr=cfg.min_lr, warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs
@@ -105,7 +115,7 @@ def train_one_epoch(
         finite = torch.isfinite(values[0])
         sums += torch.cat([torch.where(finite, values, 0.0), finite.float()[None]])
         done = it + 1
-        if done == 1:  # timed on its own: it includes compilation (one sync per epoch)
+        if done == start_step + 1:  # timed on its own: it includes compilation (one sync per epoch)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             first_step_s = time.perf_counter() - start
@@ -128,11 +138,15 @@ def train_one_epoch(
                     run_log.scalars({**dict(zip(loss_keys, (v / n for v in window))), "lr": lr},
                                     int((epoch + (done - 1) / steps) * 1000))
             logged_sums = synced.clone()
+        if on_step is not None and (it + 1) % cfg.accum_iter == 0:
+            on_step(done, sums)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
     *totals, count = all_mean(sums).tolist()
     means = {k: v / count if count else float("nan") for k, v in zip(loss_keys, totals)}
-    rate = (done - 1) * cfg.batch_size / (elapsed - first_step_s) if done > 1 else done * cfg.batch_size / elapsed
+    trained = done - start_step
+    rate = (trained - 1) * cfg.batch_size / (elapsed - first_step_s) if trained > 1 else (
+        trained * cfg.batch_size / elapsed)
     return {**means, "lr": lr, "skipped_steps": guard.read()[0], "img_per_sec": rate, "epoch_time_s": elapsed,
             "first_step_s": first_step_s}

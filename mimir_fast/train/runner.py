@@ -9,6 +9,10 @@ Under torchrun (``distributed.py``, ``parallel.py``) every rank builds the same 
 ``seed`` alone), resumes from the same checkpoint, draws the epoch's order from ``(seed, epoch)`` and trains
 its slice of each global batch, with ``(seed, rank, epoch)`` seeding its augmentation, masks and random starts.
 Rank 0 alone prints, writes checkpoints, logs and figures.
+
+``--save_every_steps N`` also writes ``checkpoint-mid.pth`` every N updates within an epoch, with the loader
+position, RNG states and running loss sums, and resuming from it continues inside the epoch exactly
+(``midepoch.py``).
 """
 
 from __future__ import annotations
@@ -28,16 +32,25 @@ from ..distributed import (
     DistEnv,
     abort_distributed,
     finish_distributed,
+    gather,
     init_distributed,
     local_device,
     quiet_unless_main,
 )
 from ..errors import CheckpointError, ConfigError
-from .checkpoint import checkpoint_path, load_checkpoint, load_model_state, newest_checkpoint, save_checkpoint
+from .checkpoint import (
+    CHECKPOINT_RE,
+    checkpoint_path,
+    load_checkpoint,
+    load_model_state,
+    newest_checkpoint,
+    save_checkpoint,
+)
 from .compile import compile_model, resolve_compile
 from .config import RunConfig
 from .engine import train_one_epoch
 from .logger import RunLog
+from .midepoch import capture_rng, check_mid, mid_path, restore_rng
 from .optim import build_optimizer
 from .parallel import (
     full_model_state,
@@ -142,13 +155,26 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-def _resume(task: Task, cfg: RunConfig, model, output_dir: Path) -> tuple[int, Path | None, dict | None]:
+def _auto_resume_path(output_dir: Path) -> Path | None:
+    """The newest ``checkpoint-{epoch}.pth``, or ``checkpoint-mid.pth`` when its epoch is after that one's."""
+    newest = newest_checkpoint(output_dir)
+    mid = mid_path(output_dir)
+    if not mid.is_file():
+        return newest
+    if newest is None:
+        return mid
+    newest_epoch = int(CHECKPOINT_RE.match(newest.name).group(1))
+    return mid if int(load_checkpoint(mid).get("epoch", -1)) > newest_epoch else newest
+
+
+def _resume(task: Task, cfg: RunConfig, model, output_dir: Path) -> tuple[int, Path | None, dict | None, dict | None]:
     """Load the resumed weights into the unwrapped ``model`` (or initialise it); returns the start epoch, the
-    checkpoint and its optimizer state (None when there is none to load)."""
-    path = Path(cfg.resume) if cfg.resume else (newest_checkpoint(output_dir) if cfg.auto_resume else None)
+    checkpoint, its optimizer state (None when there is none to load) and, for a mid-epoch checkpoint, its
+    ``{"step", "ranks"}`` (None otherwise)."""
+    path = Path(cfg.resume) if cfg.resume else (_auto_resume_path(output_dir) if cfg.auto_resume else None)
     if path is None:
         task.initialise(model, cfg)
-        return 0, None, None
+        return 0, None, None, None
     ckpt = load_checkpoint(path)
     task.check_resume(ckpt, path, cfg)
     saved_model = (ckpt.get("args") or {}).get("model")
@@ -157,9 +183,12 @@ def _resume(task: Task, cfg: RunConfig, model, output_dir: Path) -> tuple[int, P
     load_model_state(model, ckpt["model"], path)
     if "optimizer" not in ckpt or "epoch" not in ckpt:
         print(f"loaded weights from {path} (it has no optimizer state: starting at epoch 0)")
-        return 0, path, None
+        return 0, path, None, None
+    if "step" in ckpt:  # mid-epoch (midepoch.py): go on inside that epoch
+        print(f"resumed from {path} (epoch {ckpt['epoch']}, after step {ckpt['step']})")
+        return int(ckpt["epoch"]), path, ckpt["optimizer"], {"step": int(ckpt["step"]), "ranks": ckpt.get("ranks")}
     print(f"resumed from {path} (epoch {ckpt['epoch']})")
-    return int(ckpt["epoch"]) + 1, path, ckpt["optimizer"]
+    return int(ckpt["epoch"]) + 1, path, ckpt["optimizer"], None
 
 
 def _load_optimizer(model, optimizer, state: dict, path: Path) -> None:
@@ -210,7 +239,9 @@ def _run(task: Task, cfg: RunConfig, env: DistEnv, device: torch.device) -> RunS
     print(f"effective batch size: {eff_batch} ({cfg.batch_size} x {cfg.accum_iter} accum x {world_size} processes)")
     print(f"lr: {lr:.3e} (base lr {lr * 256 / eff_batch:.3e}), {steps} steps per epoch")
 
-    start_epoch, last_ckpt, optimizer_state = _resume(task, cfg, model, output_dir)
+    start_epoch, last_ckpt, optimizer_state, mid = _resume(task, cfg, model, output_dir)
+    if mid is not None:
+        check_mid(mid, last_ckpt, world_size, steps)
     model = wrap_model(model, env, device, cfg.fsdp)  # DDP (or FSDP2) under torchrun; checkpoints save unwrap(model)
     optimizer = build_optimizer(task.param_groups(unwrap(model), cfg), lr, task.betas, device, cfg.optimizer)
     if optimizer_state is not None:
@@ -232,16 +263,31 @@ def _run(task: Task, cfg: RunConfig, env: DistEnv, device: torch.device) -> RunS
         for epoch in range(start_epoch, cfg.epochs):
             seed = epoch_seed(cfg.seed, rank, epoch)
             seed_everything(seed)
+            resumed = mid["ranks"][rank] if mid is not None and epoch == start_epoch else None
+            start_step = mid["step"] if resumed is not None else 0
             order = torch.Generator().manual_seed(epoch_seed(cfg.seed, 0, epoch))  # alike on every rank
             batches = train_loader(cfg, dataset, torch.Generator().manual_seed(seed), device, rank=rank,
-                                   world_size=world_size, order=order)
+                                   world_size=world_size, order=order, start_step=start_step)
+            if resumed is not None:  # the RNG states at the saved step (midepoch.py)
+                restore_rng(resumed["rng"], device)
+
+            def save_mid(done: int, sums: torch.Tensor, epoch: int = epoch) -> None:
+                if not cfg.save_every_steps or done % cfg.save_every_steps or done >= steps:
+                    return
+                ranks = gather({"rng": capture_rng(device), "sums": sums.cpu()}, env)  # a collective
+                state = {"model": full_model_state(model), "optimizer": full_optimizer_state(model, optimizer),
+                         "epoch": epoch, "step": done, "ranks": ranks, "scaler": {}, "args": args}
+                if env.is_main:
+                    save_checkpoint(state, mid_path(output_dir))
+
             stats = train_one_epoch(
                 step_model, batches, optimizer, cfg, loss_fn, task.loss_keys, epoch=epoch, steps=steps, base_lr=lr,
-                device=device, amp_dtype=amp_dtype, run_log=run_log,
+                device=device, amp_dtype=amp_dtype, run_log=run_log, start_step=start_step,
+                sums=resumed["sums"] if resumed is not None else None, on_step=save_mid,
             )
             val = task.after_epoch(unwrap(model), cfg, device)  # on every rank: FSDP2's forward is a collective
-            images += steps * cfg.batch_size * world_size
-            seconds += steps * cfg.batch_size / stats["img_per_sec"]  # without the first step (compilation)
+            images += (steps - start_step) * cfg.batch_size * world_size
+            seconds += (steps - start_step) * cfg.batch_size / stats["img_per_sec"]  # without the first step
             if compile_mode != "off" and epoch == start_epoch:
                 print(f"compile: {stats['first_step_s']:.1f} s (the first step, with compilation; {compile_mode})")
             if epoch % cfg.save_freq == 0 or epoch + 1 == cfg.epochs:
@@ -255,6 +301,7 @@ def _run(task: Task, cfg: RunConfig, env: DistEnv, device: torch.device) -> RunS
                 last_ckpt = checkpoint_path(output_dir, epoch)
                 if env.is_main:
                     save_checkpoint(state, last_ckpt)
+                    mid_path(output_dir).unlink(missing_ok=True)  # superseded
             if run_log is not None:
                 run_log.epoch({**{f"train_{k}": v for k, v in stats.items()},
                                **{f"test_{k}": v for k, v in val.items()}, "epoch": epoch})

@@ -1,0 +1,70 @@
+"""Mid-epoch checkpoints: ``checkpoint-mid.pth``, written every ``save_every_steps`` steps and resumed exactly.
+
+Per-epoch checkpoints (``checkpoint-{epoch}.pth``, MAE's layout) resume at an epoch boundary, where every RNG
+is reseeded from ``(seed, rank, epoch)``. An ImageNet epoch is long, so ``--save_every_steps N`` also writes
+``checkpoint-mid.pth`` (atomically, overwritten each time) after every N-th update of an epoch. Besides the
+usual ``model``/``optimizer``/``epoch``/``args`` it holds ``step`` (updates done in ``epoch``) and, per rank,
+the loader-independent state the rest of the epoch depends on: the torch CPU and CUDA, NumPy and Python RNG
+states and the running loss sums (so the epoch's logged means are the uninterrupted run's).
+
+Resuming from it rebuilds the epoch's loader with the same order seed and skips its first ``step`` batches
+(``ShardedBatchSampler(start=...)``; DALI's ``skip=``, which decodes and discards them), then restores the RNG
+states. On the CPU with ``num_workers 0`` the rest of the epoch, and every epoch after it, is bit-identical to
+the uninterrupted run (tested). With loader workers or DALI the batches' *contents* (which images, in which
+order) are the same, but their augmentation draws differ (workers are reseeded; DALI re-runs its RNG), as in
+other stateful loaders. The world size must be the one that wrote the file.
+
+A per-epoch checkpoint supersedes it: ``checkpoint-mid.pth`` is removed when one is written, and
+auto-resume takes it only when its epoch is after the newest ``checkpoint-{epoch}.pth``.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError
+
+MID_NAME = "checkpoint-mid.pth"
+
+
+def mid_path(output_dir: str | Path) -> Path:
+    return Path(output_dir) / MID_NAME
+
+
+def capture_rng(device: torch.device) -> dict:
+    """This process's RNG states, as tensors and plain values (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "python": random.getstate(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng(state: dict, device: torch.device) -> None:
+    """Set this process's RNG states from ``capture_rng``'s dict."""
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def check_mid(ckpt: dict, path: Path, world_size: int, steps: int) -> None:
+    """One-line ``CheckpointError`` if the mid-epoch checkpoint cannot resume this run."""
+    ranks = ckpt.get("ranks") or []
+    if len(ranks) != world_size:
+        raise CheckpointError(f"mid-epoch checkpoint {path} was written by {len(ranks)} process(es), but this run has "
+                              f"{world_size}: resume it with the same world size (or from a checkpoint-{{epoch}}.pth)")
+    if not 0 < int(ckpt["step"]) < steps:
+        raise CheckpointError(f"mid-epoch checkpoint {path} is at step {ckpt['step']}, outside this run's epoch of "
+                              f"{steps} steps (was the batch size or the data changed?)")
