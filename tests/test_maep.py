@@ -1,7 +1,6 @@
 """MAEP (nim-maep-spec.md §B): loss terms against a re-derivation, LoRA, the purifier, a short training run."""
 
 import json
-import time
 
 import pytest
 import torch
@@ -219,7 +218,6 @@ def test_purifier_transfer_across_sizes():
 
 # ---------------------------------------------------------------------- short runs on the embedded digits
 def test_short_maep_run_loss_falls_then_lora_and_purifier(tmp_path):
-    t0 = time.perf_counter()
     cfg = maep_cfg(epochs=3, warmup_epochs=0.5, output_dir=str(tmp_path), save_freq=1)
     summary = run_pretrain(cfg)
     log = [json.loads(line) for line in (tmp_path / "log.txt").read_text().splitlines()]
@@ -247,7 +245,6 @@ def test_short_maep_run_loss_falls_then_lora_and_purifier(tmp_path):
     assert list(after) == list(before)
     changed = {k for k in after if not torch.equal(after[k], before[k])}
     assert changed and all(k.startswith(("decoder_embed.", "decoder_blocks.", "decoder_pred.")) for k in changed)
-    assert time.perf_counter() - t0 < 60
 
 
 def test_method_mismatch_checkpoint_is_refused(tmp_path):

@@ -3,7 +3,6 @@ train, the L1 purification loss falls, resume is exact, the purifier loads it me
 
 import json
 import shutil
-import time
 
 import pytest
 import torch
@@ -58,7 +57,6 @@ def _log(folder):
 
 
 def test_stage_lora_cli_run_trains_only_decoder_lora_resumes_exactly_and_loads(stage1, tmp_path, digits):
-    t0 = time.perf_counter()
     full = tmp_path / "full"
     assert main(_stage2(stage1, full)) == 0
 
@@ -104,7 +102,6 @@ def test_stage_lora_cli_run_trains_only_decoder_lora_resumes_exactly_and_loads(s
     with torch.no_grad():  # the merged purifier gives what the wrapped model gives
         wrapped.load_state_dict(ckpt["model"])
         torch.testing.assert_close(purifier(x), reconstruct(wrapped, x).clamp(0, 1), rtol=1e-5, atol=1e-5)
-    assert time.perf_counter() - t0 < 60
 
 
 def _one_line_error(argv, capsys) -> str:
