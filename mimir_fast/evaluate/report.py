@@ -97,9 +97,9 @@ def plot_gamma_curve(sweep: dict, output_dir: Path) -> Path:
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.set_title(f"De^3, {sweep['n_examples']} examples, eps {sweep['eps']:g}/255, mean of {sweep['eval_draws']} "
-                 "draws", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_title(f"De^3, {sweep['n_examples']} examples, eps {sweep['eps']:g}/255; γ > 0: mean of "
+                 f"{sweep['eval_draws']} seeded draws", fontsize=9)
+    ax.legend(fontsize=6, loc="lower left")
     fig.tight_layout()
     path = output_dir / "gamma_curve.png"
     fig.savefig(path)

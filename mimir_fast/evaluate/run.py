@@ -229,10 +229,12 @@ def _evaluate(cfg: EvalConfig, device: torch.device, env) -> dict | None:
 def gamma_sweep_summary(cfg: EvalConfig, reports: list[dict]) -> dict:
     """Clean and robust accuracy against γ from the per-γ reports (in the order of ``--gamma_sweep``)."""
     keys = list(reports[0]["accuracy"])
-    labels = {k: f"{k} [{reports[0]['attacks'][k]['setting']}]" if k != "clean" else "clean" for k in keys}
+    # labels and draws from a randomised γ (γ = 0 is deterministic: one draw, no EOT) when there is one
+    ref = max(reports, key=lambda r: r["eval_draws"])
+    labels = {k: f"{k} [{ref['attacks'][k]['setting']}]" if k != "clean" else "clean" for k in keys}
     return {
         "gammas": [r["defense"]["gamma"] for r in reports],
-        "eps": cfg.eps, "n_examples": reports[0]["n_examples"], "eval_draws": reports[0]["eval_draws"],
+        "eps": cfg.eps, "n_examples": reports[0]["n_examples"], "eval_draws": ref["eval_draws"],
         "denorm_stats": cfg.denorm_stats, "purifier": str(cfg.purifier), "checkpoint": str(cfg.resume),
         "accuracy": {k: [r["accuracy"][k] for r in reports] for k in keys},
         "accuracy_worst": {k: [r.get("accuracy_worst", r["accuracy"])[k] for r in reports] for k in keys},
