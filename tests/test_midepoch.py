@@ -68,9 +68,9 @@ def test_an_older_mid_checkpoint_is_ignored_and_a_bad_one_refused(tmp_path, caps
     run_pretrain(_cfg(out, epochs=1))
     state = load_checkpoint(out / "checkpoint-0.pth")
     torch.save({**state, "epoch": 0, "step": 4, "ranks": [{}]}, out / "checkpoint-mid.pth")
-    from mimir_fast.train.runner import _auto_resume_path
+    from mimir_fast.train.runner import _auto_resume
 
-    assert _auto_resume_path(out).name == "checkpoint-0.pth"  # epoch 0 is complete: the mid one is older
+    assert _auto_resume(out)[0].name == "checkpoint-0.pth"  # epoch 0 is complete: the mid one is older
     torch.save({**state, "epoch": 0, "step": 4, "ranks": [{}, {}]}, tmp_path / "two.pth")
     from mimir_fast.train.midepoch import check_mid
 

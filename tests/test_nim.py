@@ -262,16 +262,21 @@ def test_checkpoint_of_another_method_is_refused(tmp_path):
 
 
 # ---------------------------------------------------------------------- mimir-fast eval --defense de3
-def _nim_ckpt(path, size=16):
+def _pretrain_ckpt(path, method, norm_pix, size=16):
+    """A freshly initialised mae_vit_micro saved as a ``--method {method}`` pretraining checkpoint."""
     from mimir_fast.models_mae import create_model
     from mimir_fast.train.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
-    model = create_model("mae_vit_micro", img_size=size, patch_size=4, norm_pix_loss=True)
+    model = create_model("mae_vit_micro", img_size=size, patch_size=4, norm_pix_loss=norm_pix)
     save_checkpoint({"model": model.state_dict(), "epoch": 0,
-                     "args": {"method": "nim", "model": "mae_vit_micro", "input_size": size, "patch_size": 4,
-                              "norm_pix_loss": True}}, path)
+                     "args": {"method": method, "model": "mae_vit_micro", "input_size": size, "patch_size": 4,
+                              "norm_pix_loss": norm_pix}}, path)
     return path
+
+
+def _nim_ckpt(path, size=16):
+    return _pretrain_ckpt(path, "nim", True, size)
 
 
 def test_eval_defense_de3_runs_through_the_purifier(tmp_path, capsys):

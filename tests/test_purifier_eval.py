@@ -13,14 +13,12 @@ from mimir_fast.errors import ConfigError
 from mimir_fast.evaluate.checks import run_checks, sampling_slack
 from mimir_fast.evaluate.config import EvalConfig
 from mimir_fast.evaluate.suite import Target, example_noise, score
-from mimir_fast.models_mae import create_model
 from mimir_fast.models_vit import create_classifier
 from mimir_fast.purify.de3 import De3Purifier
 from mimir_fast.purify.defended import BPDA, PurifiedClassifier
-from mimir_fast.train.checkpoint import save_checkpoint
 from tests.test_cli import assert_one_line_error, run
 from tests.test_eval import _classifier_ckpt
-from tests.test_nim import _nim_ckpt, tiny_nim
+from tests.test_nim import _nim_ckpt, _pretrain_ckpt, tiny_nim
 
 
 class NoisyLinear(nn.Module):
@@ -169,12 +167,7 @@ def test_randomised_checks_allow_two_standard_errors_only():
 
 # ---------------------------------------------------------------------- end to end through the CLI
 def _maep_ckpt(path, size=16):
-    torch.manual_seed(0)
-    model = create_model("mae_vit_micro", img_size=size, patch_size=4, norm_pix_loss=False)
-    save_checkpoint({"model": model.state_dict(), "epoch": 0,
-                     "args": {"method": "maep", "model": "mae_vit_micro", "input_size": size, "patch_size": 4,
-                              "norm_pix_loss": False}}, path)
-    return path
+    return _pretrain_ckpt(path, "maep", False, size)
 
 
 def test_eval_de3_full_gradient_eot_and_graybox(tmp_path, capsys):

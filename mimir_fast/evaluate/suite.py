@@ -70,23 +70,25 @@ class ShardResult:
     """Examples whose clean input gradient of the cross-entropy is exactly zero."""
 
 
-def example_starts(indices: list[int], shape: tuple, seed: int) -> torch.Tensor:
-    """Uniform noise in [−1, 1], one generator per example index: (N, *shape)."""
+def _per_example(indices: list[int], shape: tuple, seed_of, sample) -> torch.Tensor:
+    """(N, *shape): row i is ``sample(shape, generator)`` from a CPU generator seeded with ``seed_of(indices[i])``."""
     out = torch.empty(len(indices), *shape)
     for row, idx in enumerate(indices):
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + idx)
-        out[row] = torch.rand(shape, generator=gen) * 2 - 1
+        out[row] = sample(shape, torch.Generator().manual_seed(seed_of(idx)))
     return out
+
+
+def example_starts(indices: list[int], shape: tuple, seed: int) -> torch.Tensor:
+    """Uniform noise in [−1, 1], one generator per example index: (N, *shape)."""
+    return _per_example(indices, shape, lambda idx: seed * 1_000_003 + idx,
+                        lambda sh, gen: torch.rand(sh, generator=gen) * 2 - 1)
 
 
 def example_noise(indices: list[int], shape: tuple, seed: int, draw: int) -> torch.Tensor:
     """Standard-normal noise (N, *shape), one generator per (seed, example index, draw): the randomised
     defence's draw when scoring example ``indices[i]`` on pass ``draw``."""
-    out = torch.empty(len(indices), *shape)
-    for row, idx in enumerate(indices):
-        gen = torch.Generator().manual_seed(((seed * 1_000_003 + idx) * 1_009 + draw) * 2 + 1)
-        out[row] = torch.randn(shape, generator=gen)
-    return out
+    return _per_example(indices, shape, lambda idx: ((seed * 1_000_003 + idx) * 1_009 + draw) * 2 + 1,
+                        lambda sh, gen: torch.randn(sh, generator=gen))
 
 
 def _batched_attack(attack, x, y, unit, bs: int) -> torch.Tensor:

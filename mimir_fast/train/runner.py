@@ -155,27 +155,29 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-def _auto_resume_path(output_dir: Path) -> Path | None:
-    """The newest ``checkpoint-{epoch}.pth``, or ``checkpoint-mid.pth`` when its epoch is after that one's."""
+def _auto_resume(output_dir: Path) -> tuple[Path | None, dict | None]:
+    """The newest ``checkpoint-{epoch}.pth``, or ``checkpoint-mid.pth`` when its epoch is after that one's; with
+    the loaded checkpoint when it had to be read to decide (so it is not read twice)."""
     newest = newest_checkpoint(output_dir)
     mid = mid_path(output_dir)
     if not mid.is_file():
-        return newest
-    if newest is None:
-        return mid
-    newest_epoch = int(CHECKPOINT_RE.match(newest.name).group(1))
-    return mid if int(load_checkpoint(mid).get("epoch", -1)) > newest_epoch else newest
+        return newest, None
+    ckpt = load_checkpoint(mid)
+    if newest is None or int(ckpt.get("epoch", -1)) > int(CHECKPOINT_RE.match(newest.name).group(1)):
+        return mid, ckpt
+    return newest, None
 
 
 def _resume(task: Task, cfg: RunConfig, model, output_dir: Path) -> tuple[int, Path | None, dict | None, dict | None]:
     """Load the resumed weights into the unwrapped ``model`` (or initialise it); returns the start epoch, the
     checkpoint, its optimizer state (None when there is none to load) and, for a mid-epoch checkpoint, its
     ``{"step", "ranks"}`` (None otherwise)."""
-    path = Path(cfg.resume) if cfg.resume else (_auto_resume_path(output_dir) if cfg.auto_resume else None)
+    path, ckpt = (Path(cfg.resume), None) if cfg.resume else (
+        _auto_resume(output_dir) if cfg.auto_resume else (None, None))
     if path is None:
         task.initialise(model, cfg)
         return 0, None, None, None
-    ckpt = load_checkpoint(path)
+    ckpt = ckpt if ckpt is not None else load_checkpoint(path)
     task.check_resume(ckpt, path, cfg)
     saved_model = (ckpt.get("args") or {}).get("model")
     if saved_model and saved_model != cfg.model:
