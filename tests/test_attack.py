@@ -5,6 +5,7 @@ import torch
 
 from bench.harness import FlopCount
 from mimir_fast.attacks import pgd_mae
+from mimir_fast.attacks.linf import attack_mode, linf_pgd
 from mimir_fast.models_mae import MaskedAutoencoderViT
 
 EPS, ALPHA = 8 / 255, 10 / 255
@@ -78,6 +79,25 @@ def test_leaves_parameter_grads_untouched_and_restores_mode():
     model.eval()
     pgd_mae(model, imgs, eps=EPS, alpha=ALPHA, steps=1)
     assert not model.training
+
+
+def test_attack_mode_freezes_the_trainable_weights_and_restores_them():
+    model = tiny_mae()
+    model.cls_token.requires_grad_(False)  # a parameter frozen by the caller stays frozen
+    trainable = [p.requires_grad for p in model.parameters()]
+    seen = []
+
+    def objective(x):
+        seen.append([p.requires_grad for p in model.parameters()] + [model.training])
+        return model(x)[0]
+
+    with attack_mode(model):
+        linf_pgd(objective, torch.rand(2, 3, 16, 16), eps=EPS, alpha=ALPHA, steps=2)
+    assert seen and all(not any(flags) for flags in seen)  # frozen, in eval mode, on every step
+    assert [p.requires_grad for p in model.parameters()] == trainable and model.training
+    with pytest.raises(RuntimeError, match="boom"), attack_mode(model):  # restored when the attack fails too
+        raise RuntimeError("boom")
+    assert [p.requires_grad for p in model.parameters()] == trainable and model.training
 
 
 @pytest.mark.parametrize("steps", [1, 4])

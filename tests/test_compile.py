@@ -1,9 +1,11 @@
 """``--compile``: a compiled forward gives the eager step's results on the same seed, for MAE, MIMIR (the
-attack's input gradient taken outside the compiled region) and PGD fine-tuning.
+attack's input gradient taken outside the compiled region) and PGD fine-tuning; the compiled attack's backward
+computes the input gradient only; under DDP the attack runs on the compiled inner module.
 
-The tests compile with the ``aot_eager`` backend: the same Dynamo capture and AOTAutograd forward/backward
-graphs as inductor, without inductor's code generation (minutes on a shared CPU) and without inductor's own
-RNG, so the masks and random starts are eager's numbers and results agree to float rounding.
+Most tests compile with the ``aot_eager`` backend: the same Dynamo capture and AOTAutograd forward/backward
+graphs as inductor, without inductor's code generation and without inductor's own RNG, so the masks and random
+starts are eager's numbers and results agree to float rounding. One test compiles the MIMIR step with inductor
+itself (about a minute on two cores), with ``fallback_random`` so that it draws eager's numbers.
 """
 
 import pytest
@@ -69,6 +71,94 @@ def test_compiled_pgd_finetuning_step_equals_eager(monkeypatch):
         return create_classifier("vit_micro", img_size=16, patch_size=4, num_classes=10, drop_path_rate=0.0)
 
     _assert_compiled_equals_eager(build, lambda m, x, y: finetune_losses(m, x, y, cfg), monkeypatch)
+
+
+def _micro_mae():
+    return create_model("mae_vit_micro", img_size=16, patch_size=4, norm_pix_loss=True)
+
+
+def test_the_compiled_attack_backward_computes_the_input_gradient_only(monkeypatch):
+    """AOTAutograd's backward graph is fixed at compile time: with trainable weights it would return every
+    weight gradient on each attack step (≈ 3 passes instead of 2). ``attack_mode`` gives the attack its own graph."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    returned = []  # per compiled backward graph: how many gradients it returns
+
+    def backward_compiler(gm, example_inputs):
+        (outputs,) = [n.args[0] for n in gm.graph.nodes if n.op == "output"]
+        returned.append(sum(o is not None for o in outputs))
+        return make_boxed_func(gm.forward)
+
+    monkeypatch.setattr(compile_module, "BACKEND", aot_autograd(
+        fw_compiler=lambda gm, _: make_boxed_func(gm.forward), bw_compiler=backward_compiler))
+    torch._dynamo.reset()
+    cfg = build_config("digits", method="mimir", steps=2, batch_size=8, input_size=16, patch_size=4)
+    model = _micro_mae()
+    trainable = sum(p.requires_grad for p in model.parameters())
+    step_model = compile_model(model, "on")
+    for _ in range(2):
+        pretrain_losses(step_model, torch.rand(8, 3, 16, 16), cfg)["loss"].backward()
+    # one graph for the attack (input gradient only), one for the training step (every weight gradient)
+    assert sorted(returned) == [1, trainable]
+
+
+def test_under_ddp_the_attack_runs_on_the_compiled_inner_module(monkeypatch):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from mimir_fast.train.compile import attack_target
+
+    monkeypatch.setattr(compile_module, "BACKEND", "aot_eager")
+    model = _micro_mae()
+    assert attack_target(model) is model
+    assert attack_target(compile_model(model, "on"))._orig_mod is model
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        ddp = DistributedDataParallel(model)
+        assert attack_target(ddp) is model  # eager: the module inside, no gradient sync
+        compiled = compile_model(ddp, "on")
+        attacked = attack_target(compiled)
+        assert isinstance(attacked, torch._dynamo.eval_frame.OptimizedModule) and attacked._orig_mod is model
+        assert compiled._orig_mod is ddp and "_mimir_fast_attack_module" not in dict(compiled.named_modules())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_inductor_compiled_mimir_step_gives_eagers_losses_and_gradients(monkeypatch):
+    """The real code generator on the whole MIMIR step (attack, masking, HSIC, backward). ``fallback_random``
+    makes inductor draw eager's masks and starts; the rest differs only by fp32 reassociation, bounded here by
+    64 fp32 ulps of each tensor's largest gradient (measured: under 4 ulps)."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(compile_module, "BACKEND", "inductor")
+    monkeypatch.setattr(inductor_config, "fallback_random", True)
+    torch._dynamo.reset()
+    cfg = build_config("digits", method="mimir", batch_size=8, input_size=16, patch_size=4)
+
+    def run(mode):
+        torch.manual_seed(0)
+        model = _micro_mae()
+        step_model = compile_model(model, mode)
+        g = torch.Generator().manual_seed(1)
+        steps = []
+        for _ in range(2):  # the second step reuses the compiled graphs with fresh draws
+            losses = pretrain_losses(step_model, torch.rand(8, 3, 16, 16, generator=g), cfg)
+            losses["loss"].backward()
+            steps.append(({k: v.detach() for k, v in losses.items()},
+                          [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+            model.zero_grad(set_to_none=True)
+        return steps
+
+    eager, compiled = run("off"), run("on")
+    ulp = torch.finfo(torch.float32).eps
+    for (losses_e, grads_e), (losses_c, grads_c) in zip(eager, compiled):
+        for key in losses_e:
+            torch.testing.assert_close(losses_c[key], losses_e[key])
+        assert len(grads_c) == len(grads_e) > 0
+        for gc, ge in zip(grads_c, grads_e):
+            torch.testing.assert_close(gc, ge, rtol=0, atol=64 * ulp * ge.abs().max().item())
+    assert not torch.equal(eager[0][0]["loss"], eager[1][0]["loss"])  # fresh draws per step
 
 
 def test_compile_modes():

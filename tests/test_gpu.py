@@ -1,4 +1,5 @@
-"""CUDA-only checks (skipped without a GPU): no host sync in the step, bf16 accuracy, attack gradients in bf16."""
+"""CUDA-only checks (skipped without a GPU): no host sync in the step, bf16 accuracy, attack gradients in bf16,
+the CUDA-graphed compiled step against eager."""
 
 import pytest
 import torch
@@ -126,3 +127,99 @@ def test_finetune_and_eval_on_cuda(tmp_path):
                                  device="cuda", output_dir=str(tmp_path / "ev")))
     statuses = {c["name"]: c["status"] for c in report["checks"]}
     assert statuses["eps0_equals_clean"] == "pass" and statuses["perturbation_within_eps"] == "pass"
+
+
+def _cudagraph_step_grads(mode: str, accum: int) -> list[tuple[dict, list[torch.Tensor]]]:
+    """Two MIMIR PGD-2 steps of ``accum`` micro-batches each through ``compile_model(.., mode)``: each step's
+    losses and the weight gradients accumulated over its micro-batches (fp32, no autocast)."""
+    from mimir_fast.train.compile import compile_model, mark_step_begin
+
+    cfg = build_config("digits", method="mimir", steps=2, batch_size=16)
+    torch.manual_seed(0)
+    model = create_model(cfg.model, img_size=32, patch_size=4, norm_pix_loss=True).to(CUDA)
+    step_model = compile_model(model, mode)
+    g = torch.Generator(device=CUDA).manual_seed(1)
+    out = []
+    for _ in range(2):
+        for _ in range(accum):
+            mark_step_begin(step_model)
+            losses = pretrain_losses(step_model, torch.rand(16, 3, 32, 32, device=CUDA, generator=g), cfg)
+            losses["loss"].backward()
+        out.append(({k: v.detach().clone() for k, v in losses.items()},
+                    [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+        model.zero_grad(set_to_none=True)
+    return out
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_cuda_graphed_step_gives_eagers_losses_and_gradients(accum, monkeypatch):
+    """``--compile cudagraphs`` with inductor's ``fallback_random`` (eager's draws): the same losses and
+    gradients as eager up to fp32 reassociation, gradient accumulation over graph replays included, and no
+    CUDA-graph skips (a CPU tensor, an input mutation or a host sync in the forward would cause one)."""
+    import torch._dynamo
+    import torch._inductor.config as inductor_config
+
+    from mimir_fast.train import compile as compile_module
+
+    monkeypatch.setattr(compile_module, "BACKEND", "inductor")
+    monkeypatch.setattr(inductor_config, "fallback_random", True)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    eager = _cudagraph_step_grads("off", accum)
+    graphed = _cudagraph_step_grads("cudagraphs", accum)
+    assert torch._dynamo.utils.counters["inductor"]["cudagraph_skips"] == 0
+    ulp = torch.finfo(torch.float32).eps
+    for (losses_e, grads_e), (losses_g, grads_g) in zip(eager, graphed):
+        for key in losses_e:
+            torch.testing.assert_close(losses_g[key], losses_e[key])
+        assert len(grads_g) == len(grads_e) > 0
+        for gg, ge in zip(grads_g, grads_e):
+            torch.testing.assert_close(gg, ge, rtol=0, atol=64 * ulp * ge.abs().max().item())
+
+
+def test_cuda_graphed_forward_draws_fresh_masks_on_every_replay():
+    """Graph-safe RNG: a replayed graph advances the generator's Philox offset instead of repeating its draws."""
+    import torch._dynamo
+
+    from mimir_fast.train.compile import compile_model, mark_step_begin
+
+    torch._dynamo.reset()
+    model = create_model("mae_vit_micro", img_size=32, patch_size=4, norm_pix_loss=True).to(CUDA)
+    step_model = compile_model(model, "cudagraphs")
+    imgs = torch.rand(16, 3, 32, 32, device=CUDA)
+    losses = []
+    with torch.no_grad():
+        for _ in range(4):  # warm-up and recording, then replays
+            mark_step_begin(step_model)
+            losses.append(step_model(imgs, 0.75)[0].clone())
+    assert len(set(torch.stack(losses).tolist())) == 4
+
+
+def test_cuda_graphed_training_steps_neither_recompile_nor_skip(monkeypatch):
+    """Fused AdamW through the non-finite guard, PGD-1 and HSIC, bf16, static shapes: after the first steps the
+    graphs are reused (no new Dynamo graph), and nothing falls back from CUDA graphs."""
+    import torch._dynamo
+
+    from mimir_fast.train.compile import compile_model
+    from mimir_fast.train.nonfinite import NonFiniteGuard
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    cfg = build_config("cifar10_vit_t", method="mimir", steps=1, batch_size=32)
+    model = create_model(cfg.model, img_size=32, patch_size=2, norm_pix_loss=True).to(CUDA)
+    opt = build_optimizer(param_groups_weight_decay(model, 0.05), 1e-4, (0.9, 0.95), CUDA)
+    guard = NonFiniteGuard(opt, CUDA)
+    step_model = compile_model(model, "cudagraphs")
+    imgs, labels = torch.rand(32, 3, 32, 32, device=CUDA), torch.zeros(32, dtype=torch.long, device=CUDA)
+
+    def loss_fn(m, x, y):
+        return pretrain_losses(m, x, cfg)
+
+    for _ in range(3):  # warm-up, recording
+        train_step(step_model, imgs, labels, opt, loss_fn, torch.bfloat16, guard=guard)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for _ in range(3):
+        losses = train_step(step_model, imgs, labels, opt, loss_fn, torch.bfloat16, guard=guard)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    assert torch._dynamo.utils.counters["inductor"]["cudagraph_skips"] == 0
+    assert torch.isfinite(losses["loss"]).item() and guard.read() == (0, 0)

@@ -7,8 +7,9 @@
   CE(f(x'), y) + λ·HSIC_nCCA(features(x'), x'), with ``features`` the classifier's ``forward_features``
   (the pooled, ``fc_norm``'d patch tokens, as MIMIR's global-pool model returns them) and x' not detached.
 
-Each runs the model in eval mode (no drop-path) and restores its mode. ``start`` lets a caller supply the
-random start (e.g. drawn per example, so that results do not depend on how examples are batched).
+Each runs under ``linf.attack_mode`` (eval mode, no drop-path; weights frozen) and restores the model.
+``start`` lets a caller supply the random start (e.g. drawn per example, so that results do not depend on how
+examples are batched).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import hsic_normalized_cca
-from .linf import eval_mode, linf_pgd, uniform_start
+from .linf import attack_mode, linf_pgd, uniform_start
 
 
 def pgd(
@@ -38,14 +39,14 @@ def pgd(
     ``eot_iter`` > 1 averages that many input gradients per step (EOT, for randomised defences)."""
     if start is None and random_start:
         start = uniform_start(images, eps)
-    with eval_mode(model):
+    with attack_mode(model):
         return linf_pgd(lambda x: F.cross_entropy(model(x), labels), images, eps=eps, alpha=alpha, steps=steps,
                         start=start, eot_iter=eot_iter)
 
 
 def trades_attack(model: nn.Module, images: torch.Tensor, *, eps: float, alpha: float, steps: int) -> torch.Tensor:
     """TRADES' adversarial example: maximise Σ KL(softmax f(x') ‖ softmax f(x)) from x + 0.001·N(0, I)."""
-    with eval_mode(model):
+    with attack_mode(model):
         with torch.no_grad():
             p_clean = F.softmax(model(images), dim=1)
         start = 0.001 * torch.randn_like(images)
@@ -78,5 +79,5 @@ def pgd_mi(
         ce = F.cross_entropy(model.forward_head(features), labels)
         return ce + lam * hsic_normalized_cca(features, x, sigma=sigma)
 
-    with eval_mode(model):
+    with attack_mode(model):
         return linf_pgd(objective, images, eps=eps, alpha=alpha, steps=steps, start=start, eot_iter=eot_iter)

@@ -1,8 +1,9 @@
-"""The L∞ PGD loop every attack here shares, and the eval-mode switch attacks run under.
+"""The L∞ PGD loop every attack here shares, and the mode attacks run under (eval, weights frozen).
 
 ``linf_pgd`` maximises ``objective(x)`` over the ε-ball around ``images`` intersected with [0, 1]:
 ``x ← clip₀¹(x₀ + clip±ε(x + α·sign(∇ₓ objective) − x₀))``. Only the input gradient is computed
-(``torch.autograd.grad(loss, x)``), so weight-gradient work is pruned and no ``.grad`` is touched.
+(``torch.autograd.grad(loss, x)``, under ``attack_mode``'s frozen weights), so weight-gradient work is pruned,
+eager or compiled, and no ``.grad`` is touched.
 
 For a randomised model (a purifier that draws noise on each forward) ``eot_iter`` = K > 1 takes each step on
 the expectation-over-transformation gradient (Athalye et al. 2018): the mean of K input gradients, each from
@@ -20,14 +21,36 @@ from torch import nn
 
 
 @contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run ``model`` in eval mode (no drop-path) and restore its mode afterwards, as torchattacks does."""
+def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run an attack on ``model``: eval mode (no drop-path, as torchattacks does) and its trainable parameters
+    set to ``requires_grad=False``; both are restored afterwards.
+
+    Freezing the weights is what keeps a compiled attack at ≈ 2 forward passes per step: AOTAutograd compiles
+    one backward graph for every input that requires grad, and ``autograd.grad(loss, x)`` cannot prune it at
+    run time, so with trainable weights the compiled backward also computes every weight gradient (≈ 3 passes;
+    the eager engine prunes them). With frozen weights the attack gets its own graph, whose backward returns
+    the input gradient only, and the eager graph saves no activations for weight gradients. Under FSDP2 the
+    flags are left alone (its unsharded parameters do not follow the sharded ones' flag).
+    """
     was_training = model.training
+    frozen = [] if _is_fsdp(model) else [p for p in model.parameters() if p.requires_grad]
     model.eval()
+    for p in frozen:
+        p.requires_grad_(False)
     try:
         yield model
     finally:
+        for p in frozen:
+            p.requires_grad_(True)
         model.train(was_training)
+
+
+def _is_fsdp(model: nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch build without distributed support
+        return False
+    return any(isinstance(m, FSDPModule) for m in model.modules())
 
 
 def uniform_start(images: torch.Tensor, eps: float) -> torch.Tensor:

@@ -5,7 +5,8 @@ itself (norm-pix target included), and the gradient flows through encoder, decod
 per-patch normalisation. No labels and no HSIC enter the attack.
 
 Only input gradients are computed: ``torch.autograd.grad(loss, x_adv)`` runs the backward pass to the
-input and prunes every weight-gradient GEMM (a step costs ≈ 2 forward passes, not 3), and no
+input and prunes every weight-gradient GEMM (a step costs ≈ 2 forward passes, not 3; the weights are
+frozen during the attack so that a compiled forward's backward is pruned too, ``linf.attack_mode``), and no
 parameter's ``.grad`` is touched. As in the reference, the model is put in eval mode during the attack
 and its mode restored afterwards (this changes nothing for MAE, which has no dropout).
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .linf import eval_mode, linf_pgd, uniform_start
+from .linf import attack_mode, linf_pgd, uniform_start
 
 
 def pgd_mae(
@@ -45,5 +46,5 @@ def pgd_mae(
         Update rule: ``x ← clip₀¹(x₀ + clip±ε(x + α·sign(∇ₓ) − x₀))``.
     """
     start = uniform_start(images, eps) if random_start else None
-    with eval_mode(model):
+    with attack_mode(model):
         return linf_pgd(lambda x: model(x, mask_ratio)[0], images, eps=eps, alpha=alpha, steps=steps, start=start)

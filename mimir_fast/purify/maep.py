@@ -40,8 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attacks import pgd_mae
-from ..attacks.linf import eval_mode, linf_pgd, uniform_start
+from ..attacks.linf import attack_mode, linf_pgd, uniform_start
 from ..errors import CheckpointError, ConfigError
+from ..train.compile import attack_target
 from ..train.config import MAEP_PAIR_ATTACKS as PAIR_ATTACKS  # noqa: F401  (re-exported)
 from .lora import apply_lora, decoder_lora_targets, lora_state, merge_lora
 
@@ -77,14 +78,14 @@ def make_pairs(model: nn.Module, imgs: torch.Tensor, cfg) -> torch.Tensor:
       attack on the purification itself);
     - ``none``: ``x_adv = x`` (an ablation: a plain masked autoencoder with the L1 term).
     """
-    inner = _inner(model)
+    inner = attack_target(model)
     if cfg.maep_pair_attack == "none":
         return imgs
     eps, alpha = cfg.eps / 255, cfg.alpha / 255
     if cfg.maep_pair_attack == "mae":
         return pgd_mae(inner, imgs, eps=eps, alpha=alpha, steps=cfg.steps, mask_ratio=cfg.attack_mask_ratio)
     start = uniform_start(imgs, eps)
-    with eval_mode(inner):
+    with attack_mode(inner):
         return linf_pgd(lambda x: (reconstruct(inner, x) - imgs).abs().mean(), imgs, eps=eps, alpha=alpha,
                         steps=cfg.steps, start=start)
 

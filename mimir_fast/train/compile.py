@@ -3,7 +3,10 @@
 Only the module's forward is compiled. The attack's input gradients (``torch.autograd.grad``) and the
 training backward run outside the compiled region: ``autograd.grad`` inside a compiled function is not
 supported (pytorch#132929, performance-model.md §1e), while the backward of a compiled forward is itself
-compiled by AOTAutograd. The optimizer is torch's fused AdamW kernel (``optim.build_optimizer``).
+compiled by AOTAutograd. The attack's forward gets a graph of its own (eval mode, weights frozen by
+``attacks.linf.attack_mode``), whose compiled backward computes the input gradient only. Under DDP the
+attack runs on the wrapped module without gradient sync, so that module is compiled too
+(``attack_target``). The optimizer is torch's fused AdamW kernel (``optim.build_optimizer``).
 
 - ``auto`` (default): compiled on CUDA, eager on the CPU (inductor's CPU compile takes tens of seconds to
   start, more than a CPU demo run trains).
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import ConfigError
 
@@ -37,12 +41,33 @@ def resolve_compile(mode: str, device: torch.device) -> str:
     return mode
 
 
+_ATTACK = "_mimir_fast_attack_module"
+
+
 def compile_model(model: nn.Module, mode: str) -> nn.Module:
     """The module to call in the training step: ``model`` itself for ``off``, else its compiled forward
-    (``mode`` already resolved by ``resolve_compile``)."""
+    (``mode`` already resolved by ``resolve_compile``). For a DDP ``model`` the wrapped module is compiled as
+    well, for the attack (``attack_target``)."""
     if mode == "off":
         return model
+    compiled = _compile(model, mode)
+    if isinstance(model, DistributedDataParallel):  # kept out of nn.Module's registry: not a submodule
+        object.__setattr__(compiled, _ATTACK, _compile(model.module, mode))
+    return compiled
+
+
+def _compile(model: nn.Module, mode: str) -> nn.Module:
     return torch.compile(model, backend=BACKEND, mode="reduce-overhead" if mode == "cudagraphs" else None)
+
+
+def attack_target(model: nn.Module) -> nn.Module:
+    """The module an attack inside the training step runs on, for the step's ``model`` (eager or compiled,
+    maybe around DDP): the module inside DDP (the attack needs no gradient sync), compiled when the step
+    is; otherwise ``model`` itself."""
+    attack = model.__dict__.get(_ATTACK)
+    if attack is not None:
+        return attack
+    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def mark_step_begin(model: nn.Module) -> None:

@@ -42,6 +42,7 @@ from ..models_vit import create_classifier, is_classifier_state, load_pretrained
 from ..purify.de3 import De3Purifier
 from ..purify.de3_finetune import load_finetune_purifier, seeded_de3, training_inputs
 from .checkpoint import load_checkpoint
+from .compile import attack_target
 from .config import FinetuneConfig
 from .optim import param_groups_layer_decay
 from .runner import RunSummary, Task, run
@@ -55,7 +56,7 @@ def finetune_losses(model: nn.Module, imgs: torch.Tensor, labels: torch.Tensor, 
     examples the loss was computed on (adversarial ones for pgd, reconstructions for de3). With DDP, pass the
     wrapped model: the attack runs on ``model.module``. ``purifier`` (on ``imgs``' device) is de3's NIM model."""
     eps, alpha = cfg.eps / 255, cfg.alpha / 255
-    attacked = getattr(model, "module", model)  # under DDP the attack runs on the module, without gradient sync
+    attacked = attack_target(model)  # under DDP the attack runs on the module, without gradient sync
     if cfg.method == "pgd":
         x_adv = pgd(attacked, imgs, labels, eps=eps, alpha=alpha, steps=cfg.steps)
         logits = model(x_adv)

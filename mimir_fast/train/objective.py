@@ -15,6 +15,7 @@ from torch import nn
 
 from ..attacks import pgd_mae
 from ..ops import hsic_normalized_cca
+from .compile import attack_target
 
 LOSS_KEYS = ("loss", "mae_loss", "hsic")
 
@@ -23,7 +24,8 @@ def pretrain_losses(model: nn.Module, imgs: torch.Tensor, cfg) -> dict[str, torc
     """The step's losses for clean images ``imgs`` (N, C, H, W) in [0, 1].
 
     Returns ``loss`` (the scalar to backpropagate), and detached ``mae_loss`` and ``hsic`` (0 when the
-    penalty is off). With DDP, pass the wrapped model: the attack runs on ``model.module``, as in MIMIR.
+    penalty is off). With DDP, pass the wrapped model: the attack runs on the module inside (``attack_target``),
+    as in MIMIR.
     """
     if cfg.method == "mae":
         loss = model(imgs, cfg.mask_ratio)[0]
@@ -39,7 +41,7 @@ def pretrain_losses(model: nn.Module, imgs: torch.Tensor, cfg) -> dict[str, torc
         return nim_losses(model, imgs, cfg)
 
     x_adv = pgd_mae(
-        getattr(model, "module", model),
+        attack_target(model),
         imgs,
         eps=cfg.eps / 255,
         alpha=cfg.alpha / 255,
