@@ -89,8 +89,9 @@ def linf_pgd(
     x = x0.clone() if start is None else (x0 + start).clamp(0, 1)
     for _ in range(steps):
         x.requires_grad_(True)
-        grad = eot_gradient(objective, x, eot_iter)
-        x = x.detach() + alpha * grad.sign()
+        # no reference to the gradient outlives the step: under CUDA graphs it is a graph output, and one still
+        # alive when the graph replays forces another recording
+        x = x.detach() + alpha * eot_gradient(objective, x, eot_iter).sign()
         x = (x0 + (x - x0).clamp(-eps, eps)).clamp(0, 1)
     return x.detach()
 
