@@ -162,11 +162,11 @@ def test_cuda_graphed_step_gives_eagers_losses_and_gradients(accum, monkeypatch)
     from mimir_fast.train import compile as compile_module
 
     monkeypatch.setattr(compile_module, "BACKEND", "inductor")
-    monkeypatch.setattr(inductor_config, "fallback_random", True)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    eager = _cudagraph_step_grads("off", accum)
-    graphed = _cudagraph_step_grads("cudagraphs", accum)
+    with inductor_config.patch(fallback_random=True):  # (monkeypatch's undo would hide the option)
+        eager = _cudagraph_step_grads("off", accum)
+        graphed = _cudagraph_step_grads("cudagraphs", accum)
     assert torch._dynamo.utils.counters["inductor"]["cudagraph_skips"] == 0
     ulp = torch.finfo(torch.float32).eps
     for (losses_e, grads_e), (losses_g, grads_g) in zip(eager, graphed):
