@@ -23,6 +23,7 @@ from mimir_fast.train.nonfinite import NonFiniteGuard
 from mimir_fast.train.objective import pretrain_losses
 from mimir_fast.train.optim import build_optimizer, param_groups_weight_decay
 from mimir_fast.train.presets import FINETUNE_PRESETS, build_config
+from tests.helpers import assert_same_losses_and_grads, compiled_step_grads
 
 CPU = torch.device("cpu")
 
@@ -134,30 +135,9 @@ def test_inductor_compiled_mimir_step_gives_eagers_losses_and_gradients(monkeypa
     monkeypatch.setattr(compile_module, "BACKEND", "inductor")
     torch._dynamo.reset()
     cfg = build_config("digits", method="mimir", batch_size=8, input_size=16, patch_size=4)
-
-    def run(mode):
-        torch.manual_seed(0)
-        model = _micro_mae()
-        step_model = compile_model(model, mode)
-        g = torch.Generator().manual_seed(1)
-        steps = []
-        for _ in range(2):  # the second step reuses the compiled graphs with fresh draws
-            losses = pretrain_losses(step_model, torch.rand(8, 3, 16, 16, generator=g), cfg)
-            losses["loss"].backward()
-            steps.append(({k: v.detach() for k, v in losses.items()},
-                          [p.grad.clone() for p in model.parameters() if p.grad is not None]))
-            model.zero_grad(set_to_none=True)
-        return steps
-
     with inductor_config.patch(fallback_random=True):  # (monkeypatch's undo would hide the option)
-        eager, compiled = run("off"), run("on")
-    ulp = torch.finfo(torch.float32).eps
-    for (losses_e, grads_e), (losses_c, grads_c) in zip(eager, compiled):
-        for key in losses_e:
-            torch.testing.assert_close(losses_c[key], losses_e[key])
-        assert len(grads_c) == len(grads_e) > 0
-        for gc, ge in zip(grads_c, grads_e):
-            torch.testing.assert_close(gc, ge, rtol=0, atol=64 * ulp * ge.abs().max().item())
+        eager, compiled = (compiled_step_grads(mode, cfg, CPU, img_size=16, batch=8) for mode in ("off", "on"))
+    assert_same_losses_and_grads(compiled, eager)
     assert not torch.equal(eager[0][0]["loss"], eager[1][0]["loss"])  # fresh draws per step
 
 

@@ -11,6 +11,7 @@ from mimir_fast.train.objective import pretrain_losses
 from mimir_fast.train.optim import build_optimizer, param_groups_weight_decay
 from mimir_fast.train.presets import build_config
 from mimir_fast.train.pretrain import run_pretrain
+from tests.helpers import assert_same_losses_and_grads, compiled_step_grads
 from tests.mae_reference import ReferenceMAE
 
 pytestmark = pytest.mark.gpu
@@ -129,28 +130,6 @@ def test_finetune_and_eval_on_cuda(tmp_path):
     assert statuses["eps0_equals_clean"] == "pass" and statuses["perturbation_within_eps"] == "pass"
 
 
-def _cudagraph_step_grads(mode: str, accum: int) -> list[tuple[dict, list[torch.Tensor]]]:
-    """Two MIMIR PGD-2 steps of ``accum`` micro-batches each through ``compile_model(.., mode)``: each step's
-    losses and the weight gradients accumulated over its micro-batches (fp32, no autocast)."""
-    from mimir_fast.train.compile import compile_model, mark_step_begin
-
-    cfg = build_config("digits", method="mimir", steps=2, batch_size=16)
-    torch.manual_seed(0)
-    model = create_model(cfg.model, img_size=32, patch_size=4, norm_pix_loss=True).to(CUDA)
-    step_model = compile_model(model, mode)
-    g = torch.Generator(device=CUDA).manual_seed(1)
-    out = []
-    for _ in range(2):
-        for _ in range(accum):
-            mark_step_begin(step_model)
-            losses = pretrain_losses(step_model, torch.rand(16, 3, 32, 32, device=CUDA, generator=g), cfg)
-            losses["loss"].backward()
-        out.append(({k: v.detach().clone() for k, v in losses.items()},
-                    [p.grad.clone() for p in model.parameters() if p.grad is not None]))
-        model.zero_grad(set_to_none=True)
-    return out
-
-
 @pytest.mark.parametrize("accum", [1, 2])
 def test_cuda_graphed_step_gives_eagers_losses_and_gradients(accum, monkeypatch):
     """``--compile cudagraphs`` with inductor's ``fallback_random`` (eager's draws): the same losses and
@@ -164,17 +143,12 @@ def test_cuda_graphed_step_gives_eagers_losses_and_gradients(accum, monkeypatch)
     monkeypatch.setattr(compile_module, "BACKEND", "inductor")
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
+    cfg = build_config("digits", method="mimir", steps=2, batch_size=16)  # PGD-2: the attack graph replays
     with inductor_config.patch(fallback_random=True):  # (monkeypatch's undo would hide the option)
-        eager = _cudagraph_step_grads("off", accum)
-        graphed = _cudagraph_step_grads("cudagraphs", accum)
+        eager, graphed = (compiled_step_grads(mode, cfg, CUDA, img_size=32, batch=16, accum=accum)
+                          for mode in ("off", "cudagraphs"))
     assert torch._dynamo.utils.counters["inductor"]["cudagraph_skips"] == 0
-    ulp = torch.finfo(torch.float32).eps
-    for (losses_e, grads_e), (losses_g, grads_g) in zip(eager, graphed):
-        for key in losses_e:
-            torch.testing.assert_close(losses_g[key], losses_e[key])
-        assert len(grads_g) == len(grads_e) > 0
-        for gg, ge in zip(grads_g, grads_e):
-            torch.testing.assert_close(gg, ge, rtol=0, atol=64 * ulp * ge.abs().max().item())
+    assert_same_losses_and_grads(graphed, eager)
 
 
 def test_cuda_graphed_forward_draws_fresh_masks_on_every_replay():
