@@ -8,7 +8,8 @@ as the mean of the losses of k equal chunks of its batch, i.e. what k DDP replic
 each chunk, MIMIR's per-replica batch).
 
 Run as ``python -m torch.distributed.run ... tests/dist_worker.py RUNS.json``: it joins the process group
-once and runs each ``{"argv": [...], "split": k}`` of the file through ``mimir_fast.cli.main``.
+once and runs each ``{"argv": [...], "split": k}`` of the file through ``mimir_fast.cli.main``; a run's
+``"compile_backend"`` (e.g. ``aot_eager``) replaces inductor for its ``--compile``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import sys
 import torch
 
 TABLE_SIZE = 256  # labels < TABLE_SIZE
-_labels: list[torch.Tensor] = []
+_current: dict[str, torch.Tensor] = {}  # "labels": the chunk being trained (a dict entry: a compiled forward
+# reads it as a tensor input, so a new chunk of the same size reuses the graph)
 
 
 def _noise(n_patches: int) -> torch.Tensor:
@@ -40,17 +42,17 @@ def patches(split: int = 1) -> list[tuple[object, str, object]]:
 
     def forward_encoder(self, x, mask_ratio, noise=None):
         if noise is None:
-            noise = _noise(self.patch_embed.num_patches)[_labels[-1]].to(x.device)
+            noise = _noise(self.patch_embed.num_patches)[_current["labels"]].to(x.device)
         return original_encoder(self, x, mask_ratio, noise)
 
     def uniform_start(images, eps):
         table = torch.rand(TABLE_SIZE, *images.shape[1:], generator=torch.Generator().manual_seed(8))
-        return (table[_labels[-1]].to(images.device) * 2 - 1) * eps
+        return (table[_current["labels"]].to(images.device) * 2 - 1) * eps
 
     def losses(self, model, imgs, labels, cfg):
         parts = []
         for chunk, chunk_labels in zip(imgs.chunk(split), labels.chunk(split)):
-            _labels.append(chunk_labels.cpu())
+            _current["labels"] = chunk_labels.cpu()
             parts.append(pretrain_losses(model, chunk, cfg))
         return {k: torch.stack([p[k] for p in parts]).mean() for k in parts[0]}
 
@@ -66,11 +68,13 @@ def main(runs_file: str) -> int:
     import torch.distributed as dist
 
     from mimir_fast.cli import main as cli_main
+    from mimir_fast.train import compile as compile_module
 
     dist.init_process_group("gloo")
     try:
         for run in json.loads(open(runs_file).read()):
-            saved = []
+            saved = [(compile_module, "BACKEND", compile_module.BACKEND)]
+            compile_module.BACKEND = run.get("compile_backend", compile_module.BACKEND)
             for owner, name, value in patches(run.get("split", 1)):
                 saved.append((owner, name, getattr(owner, name)))
                 setattr(owner, name, value)
