@@ -121,6 +121,7 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path, monkeypatch,
 
     ddp, fsdp, mimir_ddp = tmp_path / "mae_ddp", tmp_path / "mae_fsdp", tmp_path / "mimir_ddp"
     resumed, mimir_compiled = tmp_path / "mae_fsdp_resumed", tmp_path / "mimir_ddp_compiled"
+    mimir_fsdp = tmp_path / "mimir_fsdp"
     proc = _torchrun_worker([
         {"argv": _argv(data, ddp, "mae")},
         {"argv": _argv(data, fsdp, "mae", "--fsdp")},
@@ -128,9 +129,10 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path, monkeypatch,
         {"argv": _argv(data, mimir_ddp, "mimir")},
         # compiled DDP (Dynamo's DDP graph splitting) with the attack on the compiled module inside DDP
         {"argv": _argv(data, mimir_compiled, "mimir", "--compile", "on"), "compile_backend": "aot_eager"},
+        {"argv": _argv(data, mimir_fsdp, "mimir", "--fsdp")},  # the attack's forwards all-gather too
     ], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("done: final loss") == 5  # rank 0 alone prints
+    assert proc.stdout.count("done: final loss") == 6  # rank 0 alone prints
     assert "effective batch size: 16 (8 x 1 accum x 2 processes)" in proc.stdout
 
     moved = _max_diff(_weights(mae_one, 0), _weights(mae_one, 1))
@@ -143,6 +145,7 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path, monkeypatch,
     # MIMIR: HSIC over each replica's batch, as one process computing it per half
     _assert_close(_weights(mimir_split), _weights(mimir_ddp))
     _assert_close(_weights(mimir_split), _weights(mimir_compiled))
+    _assert_close(_weights(mimir_split), _weights(mimir_fsdp))
     assert "compile:" in proc.stdout  # the compiled run timed its compilation
     whole = _split_key_bias(_weights(mimir_whole))[0]
     assert _max_diff(whole, _split_key_bias(_weights(mimir_ddp))[0]) > 100 * ATOL  # not over the global batch
