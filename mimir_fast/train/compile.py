@@ -16,9 +16,11 @@ eagerly between the graphs (under 0.3 % of a step's FLOPs; its batched linear so
   graphs need: loaders drop the last partial batch and the number of kept tokens is fixed by the mask ratio.
 - ``off``: eager.
 
-Random draws (masks, random starts) inside a compiled forward come from inductor's own RNG: a compiled run
-is as random as an eager one but does not draw the same numbers (set ``torch._inductor.config.fallback_random``
-for eager's numbers). The compiled module shares its parameters with the model; checkpoints save the model.
+The masks, drawn inside the compiled forward, come from inductor's own RNG: a compiled run is as random as an
+eager one but does not draw the same numbers, and the eager draws after them (the attack's random starts)
+differ too (``torch._inductor.config.fallback_random`` gives eager's numbers). Under CUDA graphs inductor's
+draws advance the default generator's Philox offset on every replay (graph-safe). The compiled module shares
+its parameters with the model; checkpoints save the model.
 """
 
 from __future__ import annotations
