@@ -54,7 +54,8 @@ def finetune_losses(model: nn.Module, imgs: torch.Tensor, labels: torch.Tensor, 
                     purifier: De3Purifier | None = None) -> dict:
     """The step's loss for images (N, C, H, W) and labels (N,); ``train_acc`` is the accuracy (in %) on the
     examples the loss was computed on (adversarial ones for pgd, reconstructions for de3). With DDP, pass the
-    wrapped model: the attack runs on ``model.module``. ``purifier`` (on ``imgs``' device) is de3's NIM model."""
+    wrapped model: the attack runs on the module inside (``attack_target``). ``purifier`` (on ``imgs``' device) is
+    de3's NIM model."""
     eps, alpha = cfg.eps / 255, cfg.alpha / 255
     attacked = attack_target(model)  # under DDP the attack runs on the module, without gradient sync
     if cfg.method == "pgd":
