@@ -44,6 +44,7 @@ from ..attacks.linf import attack_mode, linf_pgd, uniform_start
 from ..errors import CheckpointError, ConfigError
 from ..train.compile import attack_target
 from ..train.config import MAEP_PAIR_ATTACKS as PAIR_ATTACKS  # noqa: F401  (re-exported)
+from ..train.parallel import unwrap
 from .lora import apply_lora, decoder_lora_targets, lora_state, merge_lora
 
 TRANSFERS = ("none", "resize", "tile")
@@ -51,15 +52,12 @@ MAEP_LOSS_KEYS = ("loss", "mae_loss", "hsic", "pur_loss")
 MAEP_LORA_LOSS_KEYS = ("loss", "pur_loss")
 
 
-def _inner(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
-
 
 def reconstruct(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The full reconstruction ``P(x)``: encode all patches of ``x`` (N, C, H, W) at mask ratio 0 in patch order
     (no random draw), decode, unpatchify. Returns (N, C, H, W), not clamped. ``model`` is a
     ``MaskedAutoencoderViT`` (or DDP around one) trained without norm-pix."""
-    model = _inner(model)
+    model = unwrap(model)
     n, length = x.shape[0], model.patch_embed.num_patches
     order = torch.arange(length, device=x.device, dtype=torch.float32).expand(n, length)  # identity "shuffle"
     latent, _, ids_restore = model.forward_encoder(x, 0.0, noise=order)
@@ -100,7 +98,7 @@ def maep_losses(model: nn.Module, imgs: torch.Tensor, cfg) -> dict[str, torch.Te
     mae_loss, pred, _, _ = model(imgs, cfg.maep_mask_ratio, adv_images=x_adv)  # masked x_adv -> clean x
     if cfg.maep_mask_ratio == 0:  # no patch is masked: the masked MSE is 0/0, and counts as 0
         mae_loss = torch.zeros((), device=imgs.device)
-    pur_loss = (_inner(model).unpatchify(pred) - imgs).abs().mean()
+    pur_loss = (unwrap(model).unpatchify(pred) - imgs).abs().mean()
     loss = cfg.maep_mae_weight * mae_loss + cfg.maep_l1_weight * pur_loss
     return {"loss": loss, "mae_loss": mae_loss.detach(), "hsic": torch.zeros((), device=imgs.device),
             "pur_loss": pur_loss.detach()}
@@ -116,14 +114,14 @@ def maep_lora_losses(model: nn.Module, imgs: torch.Tensor, cfg) -> dict[str, tor
     """
     x_adv = make_pairs(model, imgs, cfg)
     _, pred, _, _ = model(imgs, 0.0, adv_images=x_adv)  # (N, L, p·p·C); its masked MSE (0/0) is not used
-    pur_loss = (_inner(model).unpatchify(pred) - imgs).abs().mean()
+    pur_loss = (unwrap(model).unpatchify(pred) - imgs).abs().mean()
     return {"loss": pur_loss, "pur_loss": pur_loss.detach()}
 
 
 def apply_maep_lora(model: nn.Module, rank: int, alpha: float) -> list[nn.Parameter]:
     """Wrap every decoder linear of the ``MaskedAutoencoderViT`` ``model`` with LoRA (rank, alpha), in place;
     returns the trainable ``A`` and ``B`` matrices (everything else is frozen)."""
-    return apply_lora(model, decoder_lora_targets(_inner(model)), rank, alpha)
+    return apply_lora(model, decoder_lora_targets(unwrap(model)), rank, alpha)
 
 
 def maep_stage(args: dict) -> str:
@@ -204,7 +202,7 @@ def maep_lora_finetune(
     Only the LoRA matrices train; the loss is ``maep_lora_losses``. Returns the per-step losses (steps,),
     detached, on the device (read once at the end, not per step).
     """
-    if _inner(model).norm_pix_loss:
+    if unwrap(model).norm_pix_loss:
         raise ConfigError("MAEP's LoRA stage needs a purifier trained without norm-pix (--no-norm_pix_loss)")
     params = apply_maep_lora(model, rank, alpha)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)

@@ -22,10 +22,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..ops.masked_mse_loss import masked_mse_loss
 from ..train.config import NIM_SIGMA_DISTS as SIGMA_DISTS
-
-
-def _inner(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
+from ..train.parallel import unwrap
 
 
 def sample_sigma(
@@ -77,7 +74,7 @@ def cfg_sigma(cfg, n: int, device: torch.device) -> torch.Tensor:
 def patch_stats(model: nn.Module, imgs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-patch mean and std ``sqrt(unbiased var + 1e-6)`` of ``imgs`` (N, C, H, W): two (N, L, 1) tensors,
     the statistics norm-pix normalises each target patch by."""
-    patches = _inner(model).patchify(imgs)
+    patches = unwrap(model).patchify(imgs)
     return patches.mean(dim=-1, keepdim=True), (patches.var(dim=-1, keepdim=True) + 1.0e-6) ** 0.5
 
 
@@ -92,7 +89,7 @@ def nim_forward(model: nn.Module, imgs: torch.Tensor, noisy_imgs: torch.Tensor) 
     with norm-pix, de-normalised with the *clean* ``imgs``' patch statistics (as released); ``loss``, the
     (norm-pix) MSE averaged over all patches and pixels.
     """
-    inner = _inner(model)
+    inner = unwrap(model)
     # mask ratio 0: all L tokens kept (in a random order the decoder undoes); the model's masked loss is 0/0
     _, patches, _, _ = model(imgs, 0.0, adv_images=noisy_imgs)  # (N, L, p·p·C)
     everything = torch.ones(patches.shape[:2], device=patches.device, dtype=torch.float32)
@@ -127,7 +124,7 @@ def save_nim_figure(model: nn.Module, images: torch.Tensor, path, sigma: float =
     from PIL import Image, ImageDraw
     from torchvision.utils import make_grid
 
-    inner = _inner(model)
+    inner = unwrap(model)
     was_training = inner.training
     inner.eval()
     eps = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed)).to(images.device)

@@ -52,7 +52,10 @@ def wrap_model(model: nn.Module, env: DistEnv, device: torch.device, fsdp: bool)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The module without DDP's wrapper (FSDP2 shards in place, so its model is returned as is)."""
+    """The module without DDP's wrapper (FSDP2 shards in place, so its model is returned as is), also seen
+    through a ``torch.compile`` wrapper: the module whose methods (``patchify``, ``forward_encoder``, ...) and
+    state a caller wants."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 

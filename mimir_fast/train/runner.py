@@ -193,6 +193,17 @@ def _resume(task: Task, cfg: RunConfig, model, output_dir: Path) -> tuple[int, P
     return int(ckpt["epoch"]) + 1, path, ckpt["optimizer"], None
 
 
+def _training_state(model, optimizer, epoch: int, args: dict) -> dict:
+    """A checkpoint's contents in MAE's layout: full, unwrapped states (gathered under FSDP2: a collective)."""
+    return {
+        "model": full_model_state(model),
+        "optimizer": full_optimizer_state(model, optimizer),
+        "epoch": epoch,
+        "scaler": {},  # bf16 needs no GradScaler; {} is what a disabled GradScaler saves
+        "args": args,
+    }
+
+
 def _load_optimizer(model, optimizer, state: dict, path: Path) -> None:
     """Load a checkpoint's optimizer ``state`` into the optimizer of the (possibly wrapped) ``model``."""
     try:
@@ -277,8 +288,7 @@ def _run(task: Task, cfg: RunConfig, env: DistEnv, device: torch.device) -> RunS
                 if not cfg.save_every_steps or done % cfg.save_every_steps or done >= steps:
                     return
                 ranks = gather({"rng": capture_rng(device), "sums": sums.cpu()}, env)  # a collective
-                state = {"model": full_model_state(model), "optimizer": full_optimizer_state(model, optimizer),
-                         "epoch": epoch, "step": done, "ranks": ranks, "scaler": {}, "args": args}
+                state = {**_training_state(model, optimizer, epoch, args), "step": done, "ranks": ranks}
                 if env.is_main:
                     save_checkpoint(state, mid_path(output_dir))
 
@@ -293,13 +303,7 @@ def _run(task: Task, cfg: RunConfig, env: DistEnv, device: torch.device) -> RunS
             if compile_mode != "off" and epoch == start_epoch:
                 print(f"compile: {stats['first_step_s']:.1f} s (the first step, with compilation; {compile_mode})")
             if epoch % cfg.save_freq == 0 or epoch + 1 == cfg.epochs:
-                state = {  # full, unwrapped states (gathered under FSDP2: a collective)
-                    "model": full_model_state(model),
-                    "optimizer": full_optimizer_state(model, optimizer),
-                    "epoch": epoch,
-                    "scaler": {},  # bf16 needs no GradScaler; {} is what a disabled GradScaler saves
-                    "args": args,
-                }
+                state = _training_state(model, optimizer, epoch, args)
                 last_ckpt = checkpoint_path(output_dir, epoch)
                 if env.is_main:
                     save_checkpoint(state, last_ckpt)
