@@ -119,3 +119,14 @@ def test_visual_batch_uses_val_images(tmp_path):
     _save_images(tmp_path / "d" / "val" / "a", 2, size=(40, 40))
     batch = visual_batch(build_config("digits", data_path=str(tmp_path / "d"), input_size=16))
     assert batch.shape == (2, 3, 16, 16)
+
+
+def test_digits_holdout_resplits_the_training_images_only():
+    train, val = digits_split("train")[0], digits_split("val")[0]
+    hold_train, hold_val = digits_split("train", "digits-holdout")[0], digits_split("val", "digits-holdout")[0]
+    assert (len(hold_train), len(hold_val)) == (1200, 300)
+    assert torch.equal(torch.cat([hold_train, hold_val]), train)  # exactly the 1,500 training images
+    flat = {tuple(x.flatten().tolist()) for x in val}
+    assert not any(tuple(x.flatten().tolist()) in flat for x in hold_val)  # no validation image leaks in
+    cfg = build_config("digits", data="digits-holdout")
+    assert len(build_train_dataset(cfg, None)) == 1200

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
 from .backend import dali_train_loader, resolve_backend
+from .digits import KINDS as DIGITS_KINDS
 from .digits import NUM_CLASSES as DIGITS_CLASSES
 from .digits import digits_split
 from .folder import ImageFiles, split_root
@@ -39,8 +40,8 @@ def build_train_dataset(cfg, transform, world_size: int = 1) -> Dataset | None:
     kind = cfg.data_kind
     if kind == "synthetic":
         return None
-    if kind == "digits":
-        images, labels = digits_split("train")
+    if kind in DIGITS_KINDS:
+        images, labels = digits_split("train", kind)
         dataset: Dataset = TensorImages(images, labels, transform, num_classes=DIGITS_CLASSES)
     else:
         dataset = ImageFiles(_folder_root(cfg, "train"), transform)
@@ -56,8 +57,8 @@ def build_val_dataset(cfg, transform=None) -> Dataset | None:
     """The un-augmented validation set (digits val, or the ``val/`` folder); None if there is none."""
     transform = transform or eval_transform(cfg.input_size)
     kind = cfg.data_kind
-    if kind == "digits":
-        images, labels = digits_split("val")
+    if kind in DIGITS_KINDS:
+        images, labels = digits_split("val", kind)
         return TensorImages(images, labels, transform, num_classes=DIGITS_CLASSES)
     if kind == "folder":
         root = _folder_root(cfg, "val")

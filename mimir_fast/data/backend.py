@@ -28,7 +28,7 @@ def resolve_backend(cfg, device: torch.device) -> str:
         return "dali" if use_dali else "torch"
     if backend == "dali":
         if kind != "folder":
-            what = "the embedded digits are in memory" if kind == "digits" else "synthetic data has no files"
+            what = "the embedded digits are in memory" if kind.startswith("digits") else "synthetic data has no files"
             raise ConfigError(f"--data_backend dali reads image folders, but the data is {kind!r} ({what}): "
                               "give --data_path, or use --data_backend torch")
         resolve_dali_device(cfg, device)

@@ -48,7 +48,8 @@ class EvalConfig:
     ids: str | None = None
     """File listing the examples to evaluate, one per line: indices, or image paths relative to data_path."""
     data: str = "auto"
-    """auto (folder if data_path is set, else digits), digits or folder."""
+    """auto (folder if data_path is set, else digits), digits, digits-holdout (the 300 held-out training digits)
+    or folder."""
     data_path: str | None = None
     """Evaluation images: the val/ folder of this root, or the root itself."""
     preprocessing: str = "auto"
@@ -114,8 +115,8 @@ class EvalConfig:
             raise ConfigError(
                 f"unknown preprocessing {self.preprocessing!r}; choose one of: {', '.join(PREPROCESSING)}"
             )
-        if self.data not in ("auto", "digits", "folder"):
-            raise ConfigError(f"unknown data {self.data!r}; choose one of: auto, digits, folder")
+        if self.data not in ("auto", "digits", "digits-holdout", "folder"):
+            raise ConfigError(f"unknown data {self.data!r}; choose one of: auto, digits, digits-holdout, folder")
         if self.n_ex is not None and self.n_ex < 1:
             raise ConfigError(f"n_ex must be >= 1, got {self.n_ex}")
         for name in ("batch_size", "pgd_mi_steps"):

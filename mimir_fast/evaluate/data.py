@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode, v2
 
+from ..data.digits import KINDS as DIGITS_KINDS
 from ..data.digits import NUM_CLASSES as DIGITS_CLASSES
 from ..data.digits import digits_split
 from ..data.folder import ImageFiles, split_root
@@ -38,8 +39,8 @@ def preprocessing(name: str, input_size: int):
 def eval_dataset(cfg: EvalConfig, input_size: int) -> Dataset:
     """The un-augmented evaluation set: digits val, or ``data_path``'s ``val/`` folder (else the root)."""
     transform = preprocessing(cfg.preprocessing, input_size)
-    if cfg.data_kind == "digits":
-        images, labels = digits_split("val")
+    if cfg.data_kind in DIGITS_KINDS:
+        images, labels = digits_split("val", cfg.data_kind)
         return TensorImages(images, labels, transform, num_classes=DIGITS_CLASSES)
     root = split_root(cfg.data_path, "val") or split_root(cfg.data_path, "train")
     return ImageFiles(root, transform)

@@ -19,7 +19,7 @@ METHODS = ("mimir", "mae", "maep", "nim")
 NIM_SIGMA_DISTS = ("gamma", "uniform", "fixed")
 MAEP_PAIR_ATTACKS = ("mae", "purifier", "none")
 FINETUNE_METHODS = ("pgd", "trades", "clean", "de3")
-DATA_KINDS = ("auto", "digits", "folder", "synthetic")
+DATA_KINDS = ("auto", "digits", "digits-holdout", "folder", "synthetic")
 DATA_BACKENDS = ("auto", "dali", "torch", "synthetic")
 DALI_DEVICES = ("auto", "cpu", "gpu")
 DEVICES = ("auto", "cpu", "cuda")
@@ -66,7 +66,8 @@ class RunConfig:
 
     # --- data
     data: str = "auto"
-    """auto (folder if data_path is set, else digits), digits, folder, or synthetic."""
+    """auto (folder if data_path is set, else digits), digits, digits-holdout (1,200 of the training digits train,
+    the other 300 validate: for choosing a recipe without the validation set), folder, or synthetic."""
     data_path: str | None = None
     """ImageFolder root (with train/ and val/, or class folders) or a flat folder of images."""
     num_workers: int = 0
