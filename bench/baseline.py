@@ -124,11 +124,12 @@ class ReferenceStep:
                     x_adv = reference_pgd(model, imgs, eps=cfg.eps / 255, alpha=cfg.alpha / 255, steps=cfg.steps,
                                           mask_ratio=cfg.attack_mask_ratio)
                     loss, _, _, latent = model(imgs, cfg.mask_ratio, adv_images=x_adv)
-                    if cfg.uses_hsic:
-                        hsic = hsic_normalized_cca_cpu(latent, x_adv, cfg.hsic_sigma, cfg.hsic_ridge)
+                    opts = cfg.options
+                    if opts.mi_xpl > 0:
+                        hsic = hsic_normalized_cca_cpu(latent, x_adv, opts.hsic_sigma, opts.hsic_ridge)
                         value = float(hsic.detach())  # a host read of the CPU value
                         if math.isfinite(value) and value != 0:
-                            loss = loss + cfg.mi_xpl * hsic
+                            loss = loss + opts.mi_xpl * hsic
                         else:
                             self.hsic_left_out += 1
             loss_value = loss.item()  # a device-to-host sync

@@ -27,8 +27,8 @@ import torch
 from mimir_fast.data import build_train_dataset, train_loader
 from mimir_fast.data.dali import dali_available
 from mimir_fast.data.transforms import pretrain_transform
+from mimir_fast.device import resolve_device
 from mimir_fast.train.config import PretrainConfig
-from mimir_fast.train.runner import resolve_device
 
 from .harness import synchronize, write_results
 

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from mimir_fast.train.runner import resolve_device
+from mimir_fast.device import resolve_device
 
 from . import roofline
 from .harness import add_run_args, synchronize, time_fn, write_results

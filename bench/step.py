@@ -35,13 +35,13 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch._dynamo
 
+from mimir_fast.device import autocast_dtype, resolve_device
+from mimir_fast.methods import create_method
 from mimir_fast.train import compile as compile_module
 from mimir_fast.train.compile import compile_model, resolve_compile
 from mimir_fast.train.engine import train_step
 from mimir_fast.train.nonfinite import NonFiniteGuard
-from mimir_fast.train.objective import pretrain_losses
 from mimir_fast.train.optim import build_optimizer, param_groups_weight_decay
-from mimir_fast.train.runner import autocast_dtype, resolve_device
 
 from . import step_summary
 from .baseline import ReferenceStep
@@ -100,10 +100,10 @@ def measure(point: Point, device: torch.device, iters: int, backend: str = "indu
         optimizer = build_optimizer(param_groups_weight_decay(model, cfg.weight_decay), 1e-4, (0.9, 0.95), device)
         guard = NonFiniteGuard(optimizer, device)
         amp = autocast_dtype(cfg.precision, device)
+        losses = create_method(cfg).losses
 
         def make(m):
-            return lambda: train_step(m, imgs, labels, optimizer, lambda mm, x, y: pretrain_losses(mm, x, cfg), amp,
-                                      guard=guard)
+            return lambda: train_step(m, imgs, labels, optimizer, losses, amp, guard=guard)
 
         count = make(model)
         if compiled:

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mimir_fast.methods import build_config
 from mimir_fast.models_mae import MaskedAutoencoderViT, create_model
-from mimir_fast.train.presets import build_config
 
 
 @dataclass(frozen=True)

@@ -1,23 +1,24 @@
 """The ``mimir-fast`` command.
 
-- ``mimir-fast pretrain [--preset NAME] [--flag value ...]``: MAE/MIMIR pretraining; with no arguments it
-  trains the tiny embedded ``digits`` default.
-- ``mimir-fast finetune [--finetune CKPT] ...``: adversarial fine-tuning of a classifier.
+- ``mimir-fast pretrain [--preset NAME] [--method NAME] [--flag value ...]``: pretraining (mimir, mae, nim, maep);
+  with no arguments it trains the tiny embedded ``digits`` default.
+- ``mimir-fast finetune [--finetune CKPT] [--method NAME] ...``: fine-tuning of a classifier (pgd, trades, clean,
+  de3).
 - ``mimir-fast eval --resume CKPT [--attacks ...]``: robustness evaluation with integrity checks.
 - ``mimir-fast export --resume CKPT --output FILE [--encoder_only]``: weights for timm or other tools.
 - ``mimir-fast demo``: the whole pipeline on the embedded digits, with a comparison table.
 
-Flags are the fields of the command's config class (MAE's and MIMIR's flag names); explicit flags override
-the preset.
-
-Bad input (an unknown flag, model or preset, an out-of-range value, a missing data path, an image that
-does not decode, a corrupt or incompatible checkpoint) ends with one line on stderr and exit code 2.
+Flags are the fields of the command's config class (MAE's and MIMIR's flag names) and, for pretrain and finetune,
+each method's options, grouped under the method in ``--help``. Bad input ends with one line on stderr and exit
+code 2 (``errors.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from dataclasses import fields
 
 from .errors import MimirFastError, one_line
@@ -32,19 +33,42 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _add_flag(group, flag: str, type_name: str, doc: str, default) -> None:
+    help_text = f"{doc} (default: {default})"
+    if type_name == "bool":
+        group.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                           help=help_text)
+    else:
+        group.add_argument(f"--{flag}", type=_TYPES[type_name], default=argparse.SUPPRESS, help=help_text,
+                           metavar=flag.upper())
+
+
 def _add_config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None:
     """One flag per config field, typed from its annotation, with the field's docstring as help."""
-    from .train.config import field_docs
+    from .configs import field_docs
 
     docs = field_docs(config_cls)
     for f in fields(config_cls):
-        help_text = f"{docs.get(f.name, '')} (default: {f.default})"
-        if f.type == "bool":
-            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                help=help_text)
-        else:
-            parser.add_argument(f"--{f.name}", type=_TYPES[f.type], default=argparse.SUPPRESS, help=help_text,
-                                metavar=f.name.upper())
+        if f.name != "options":
+            _add_flag(parser, f.name, f.type, docs.get(f.name, ""), f.default)
+
+
+def _add_method_flags(parser: argparse.ArgumentParser, task: str, default: str) -> None:
+    """Each registered method of ``task`` with its own flags, in a help group of its own."""
+    from .configs import field_docs
+    from .methods import method_classes
+
+    classes = method_classes(task)
+    for name in sorted(classes, key=lambda n: n != default):
+        cls = classes[name]
+        group = parser.add_argument_group(f"--method {name}{' (default)' if name == default else ''}", cls.summary)
+        if cls.options_cls is None:
+            continue
+        docs = field_docs(cls.options_cls)
+        by_name = {f.name: f for f in fields(cls.options_cls)}
+        for flag, field_name in cls.options_cls.flags().items():
+            f = by_name[field_name]
+            _add_flag(group, flag, f.type, docs.get(field_name, ""), f.default)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,19 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     pretrain = sub.add_parser(
         "pretrain",
-        help="MAE/MIMIR/NIM/MAEP pretraining (no arguments: the embedded digits demo)",
-        description="MIMIR pretraining: MAE on PGD examples plus an HSIC penalty; or plain MAE (--method mae), the NIM "
-        "denoising autoencoder (--method nim) or the MAEP purifier (--method maep, stage 2 with --maep_stage lora).",
+        help="pretraining of a masked autoencoder (no arguments: MIMIR on the embedded digits)",
+        description="Pretrain a masked autoencoder with --method (each method's own flags are listed under it; "
+        "the other flags are shared). Explicit flags override the preset and the method's defaults.",
     )
     _add_config_flags(pretrain, PretrainConfig)
+    _add_method_flags(pretrain, "pretrain", PretrainConfig.method)
     finetune = sub.add_parser(
         "finetune",
         help="adversarial fine-tuning of a classifier (--finetune CKPT: from a pretraining checkpoint)",
-        description="Adversarial fine-tuning (PGD-AT or TRADES; --method clean: none; --method de3: on De^3 "
-        "reconstructions of a NIM --purifier) of a ViT classifier, from a MAE/MIMIR/NIM pretraining checkpoint "
-        "(--finetune) or from scratch.",
+        description="Fine-tune a ViT classifier with --method, from a pretraining checkpoint's encoder (--finetune) "
+        "or from scratch (each method's own flags are listed under it; the other flags are shared).",
     )
     _add_config_flags(finetune, FinetuneConfig)
+    _add_method_flags(finetune, "finetune", FinetuneConfig.method)
     evaluate = sub.add_parser(
         "eval",
         help="robustness evaluation of a classifier: clean, PGD-20/100, AutoAttack, PGD-MI, with integrity checks",
@@ -99,23 +124,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace) -> None:
     from .distributed import dist_env, quiet_unless_main
-    from .train.finetune import run_finetune
-    from .train.presets import FINETUNE_PRESETS, PRESETS, build_config
-    from .train.pretrain import run_pretrain
+    from .methods import build_config, create_method
+    from .train.runner import run
 
-    registry, runner = (PRESETS, run_pretrain) if args.command == "pretrain" else (FINETUNE_PRESETS, run_finetune)
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "preset")}
-    cfg = build_config(getattr(args, "preset", "digits"), registry, **overrides)
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "preset")}
+    cfg = build_config(getattr(args, "preset", "digits"), args.command, **flags)
+    method = create_method(cfg)
     with quiet_unless_main(dist_env()):  # under torchrun only rank 0 prints
         print(f"preset {cfg.preset}: {cfg.model}, {cfg.input_size} px, patch {cfg.patch_size}, {cfg.epochs} epochs")
-        print(runner(cfg).line())
+        print(run(method).line())
 
 
 def _eval(args: argparse.Namespace) -> None:
+    from .errors import ChecksFailed
     from .evaluate.config import EvalConfig
-    from .evaluate.run import run_eval
+    from .evaluate.run import failed_checks, run_eval
 
-    run_eval(EvalConfig(**{k: v for k, v in vars(args).items() if k != "command"}))
+    cfg = EvalConfig(**{k: v for k, v in vars(args).items() if k != "command"})
+    failed = failed_checks(run_eval(cfg))
+    if failed and not cfg.allow_failed_checks:
+        raise ChecksFailed(f"integrity check(s) failed: {', '.join(failed)}; the numbers above are not to be trusted "
+                           "(see the report; --allow_failed_checks exits 0)")
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -130,9 +159,19 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(DemoConfig(**{k: v for k, v in vars(args).items() if k != "command"}))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a cluster's scheduler stopping the job), raised where the process is, like Ctrl-C's interrupt."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mimir-fast``; returns the exit code."""
     args = build_parser().parse_args(argv)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if on_main_thread else None
     try:
         from .ops._dispatch import kernel_mode
 
@@ -146,11 +185,27 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "demo":
             _demo(args)
     except MimirFastError as e:
+        _end_progress_line()
         # one write, so that the lines of several ranks sharing a stderr pipe do not interleave
         sys.stderr.write(f"mimir-fast: error: {one_line(e)}\n")
         sys.stderr.flush()
         return e.exit_code
+    except Terminated:
+        _end_progress_line()
+        sys.stderr.write("mimir-fast: terminated by SIGTERM (checkpoints already written are intact)\n")
+        return 143
     except KeyboardInterrupt:
-        print("mimir-fast: interrupted", file=sys.stderr)
+        _end_progress_line()
+        sys.stderr.write("mimir-fast: interrupted (checkpoints already written are intact)\n")
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _end_progress_line() -> None:
+    """Start the error message on a line of its own when a progress bar is being redrawn on a terminal."""
+    from .train.logger import Progress
+
+    Progress.end_line()

@@ -91,9 +91,7 @@ def run_demo(cfg: DemoConfig) -> list[dict]:
     """Run the pipelines; returns one row per pipeline."""
     from .evaluate.config import EvalConfig
     from .evaluate.run import run_eval
-    from .train.finetune import run_finetune
-    from .train.presets import build_config, build_finetune_config
-    from .train.pretrain import run_pretrain
+    from .methods import build_config, build_finetune_config, run_finetune, run_pretrain
 
     out = Path(cfg.output_dir)
     rows = []
@@ -174,9 +172,9 @@ def _maep_row(cfg: DemoConfig, out: Path, mae_ckpt: str | None, run_pretrain, ru
               build_finetune_config, EvalConfig) -> dict:
     row: dict = {"start": "MAEP purifier + standard classifier", "purifier": "maep"}
     t = time.perf_counter()
-    stage1 = run_pretrain(build_config("digits", method="maep", norm_pix_loss=False, device=cfg.device,
+    stage1 = run_pretrain(build_config("digits", method="maep", device=cfg.device,
                                        auto_resume=False, output_dir=str(out / "pretrain_maep")))
-    stage2 = run_pretrain(build_config("digits", method="maep", norm_pix_loss=False, maep_stage="lora",
+    stage2 = run_pretrain(build_config("digits", method="maep", maep_stage="lora",
                                        maep_init=str(stage1.checkpoint), epochs=cfg.maep_lora_epochs,
                                        warmup_epochs=0.0, device=cfg.device, auto_resume=False,
                                        output_dir=str(out / "pretrain_maep_lora")))

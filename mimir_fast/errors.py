@@ -1,8 +1,9 @@
 """Errors that the CLI reports as one line, without a traceback.
 
 ``UserError`` (exit code 2) is bad input: a flag out of range, a missing data path, an image that does
-not decode, a checkpoint that is corrupt or does not fit. ``TrainingError`` (exit code 1) is a run that
-cannot go on, such as a diverged loss. Any other exception is a bug and keeps its traceback.
+not decode, a checkpoint that is corrupt or does not fit, an output folder that cannot be written.
+``TrainingError`` (exit code 1) is a run that cannot go on, such as a diverged loss. ``ChecksFailed`` (exit
+code 3) is an evaluation whose integrity checks failed. Any other exception is a bug and keeps its traceback.
 
 Every class takes a single message string, so that a DataLoader worker can re-raise it in the main
 process (it rebuilds the exception as ``cls(message_with_worker_traceback)``); ``one_line`` recovers
@@ -40,6 +41,12 @@ class TrainingError(MimirFastError):
     """The run cannot continue (for example the loss became non-finite)."""
 
     exit_code = 1
+
+
+class ChecksFailed(MimirFastError):
+    """An evaluation finished, but an integrity check failed: its numbers are not to be trusted (exit code 3)."""
+
+    exit_code = 3
 
 
 _WORKER_MARKER = "Original Traceback"

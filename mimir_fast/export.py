@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .errors import CheckpointError, ConfigError
 from .models_vit import encoder_state, is_classifier_state
+from .outputs import writable_file
 from .train.checkpoint import load_checkpoint, save_checkpoint, strip_module
 
 
@@ -36,6 +37,7 @@ class ExportConfig:
 
 def export(cfg: ExportConfig) -> Path:
     """Write the export of ``cfg.resume`` to ``cfg.output`` and return its path."""
+    out = writable_file(cfg.output, "--output")  # before the checkpoint is read
     state = strip_module(load_checkpoint(cfg.resume)["model"])
     if cfg.encoder_only:
         payload = {"model": encoder_state(state)}
@@ -45,6 +47,4 @@ def export(cfg: ExportConfig) -> Path:
         raise CheckpointError(
             f"{cfg.resume} is a pretraining checkpoint: the timm export needs a classifier (or use --encoder_only)"
         )
-    out = Path(cfg.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
     return save_checkpoint(payload, out)

@@ -217,13 +217,29 @@ class MaskedAutoencoderViT(nn.Module):
             raise ValueError(f"patchify needs {self.patch_embed.img_size} images, got {tuple(imgs.shape[-2:])}")
         return masked_mse_loss(imgs, pred, mask, self.patch_embed.patch_size[0], self.norm_pix_loss)
 
-    def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, adv_images: torch.Tensor | None = None):
-        """MAE or MIMIR forward.
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Predict every patch of images ``x`` (N, C, H, W) from all of them: no masking, patches in order, no
+        random draw. Returns (N, L, p·p·C), normalised patches when the model was trained with norm-pix."""
+        n, length = x.shape[0], self.patch_embed.num_patches
+        order = torch.arange(length, device=x.device, dtype=torch.float32).expand(n, length)  # identity shuffle
+        latent, _, ids_restore = self.forward_encoder(x, 0.0, noise=order)
+        return self.forward_decoder(latent, ids_restore)
+
+    def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, adv_images: torch.Tensor | None = None, *,
+                noisy_images: torch.Tensor | None = None):
+        """MAE, MIMIR or NIM forward.
 
         ``forward(imgs, mask_ratio)`` returns ``(loss, pred, mask)`` as MAE does.
         ``forward(imgs, mask_ratio, adv_images=x_adv)`` encodes ``x_adv``, reconstructs the clean ``imgs``
         and returns ``(loss, pred, mask, latent)`` as MIMIR does; ``latent`` is (N, 1 + L_keep, D).
+        ``forward(imgs, noisy_images=x_noisy)`` encodes every patch of ``x_noisy`` (no masking; ``mask_ratio`` is
+        not used), reconstructs the clean ``imgs`` and returns ``(loss, pred)`` as NIM does: the (norm-pix) MSE
+        averaged over all patches, and ``pred`` (N, L, p·p·C) in patch order.
         """
+        if noisy_images is not None:
+            pred = self.reconstruct(noisy_images)
+            everything = torch.ones(pred.shape[:2], device=pred.device)
+            return self.forward_loss(imgs, pred, everything), pred
         if adv_images is None:
             latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio)
             pred = self.forward_decoder(latent, ids_restore)

@@ -33,9 +33,10 @@ def patches(split: int = 1) -> list[tuple[object, str, object]]:
     import importlib
 
     from mimir_fast.data.transforms import eval_transform
+    from mimir_fast.methods.mae import Mae
+    from mimir_fast.methods.mimir import Mimir
     from mimir_fast.models_mae import MaskedAutoencoderViT
-    from mimir_fast.train.objective import pretrain_losses
-    from mimir_fast.train.pretrain import PretrainTask
+    from mimir_fast.train.pretrain import PretrainMethod
 
     pgd_mae_module = importlib.import_module("mimir_fast.attacks.pgd_mae")  # the package exports the function
     original_encoder = MaskedAutoencoderViT.forward_encoder
@@ -49,16 +50,20 @@ def patches(split: int = 1) -> list[tuple[object, str, object]]:
         table = torch.rand(TABLE_SIZE, *images.shape[1:], generator=torch.Generator().manual_seed(8))
         return (table[_current["labels"]].to(images.device) * 2 - 1) * eps
 
-    def losses(self, model, imgs, labels, cfg):
-        parts = []
-        for chunk, chunk_labels in zip(imgs.chunk(split), labels.chunk(split)):
-            _current["labels"] = chunk_labels.cpu()
-            parts.append(pretrain_losses(model, chunk, cfg))
-        return {k: torch.stack([p[k] for p in parts]).mean() for k in parts[0]}
+    def split_losses(real):
+        def losses(self, model, imgs, labels):
+            parts = []
+            for chunk, chunk_labels in zip(imgs.chunk(split), labels.chunk(split)):
+                _current["labels"] = chunk_labels.cpu()
+                parts.append(real(self, model, chunk, chunk_labels))
+            return {k: torch.stack([p[k] for p in parts]).mean() for k in parts[0]}
+
+        return losses
 
     return [
-        (PretrainTask, "train_transform", lambda self, cfg: eval_transform(cfg.input_size)),
-        (PretrainTask, "losses", losses),
+        (PretrainMethod, "train_transform", lambda self: eval_transform(self.cfg.input_size)),
+        (Mimir, "losses", split_losses(Mimir.losses)),
+        (Mae, "losses", split_losses(Mae.losses)),
         (MaskedAutoencoderViT, "forward_encoder", forward_encoder),
         (pgd_mae_module, "uniform_start", uniform_start),
     ]

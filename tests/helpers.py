@@ -19,7 +19,6 @@ def compiled_step_grads(mode: str, cfg, device: torch.device, img_size: int, bat
     over its micro-batches, as ``(losses dict, [grad, ...])``."""
     from mimir_fast.models_mae import create_model
     from mimir_fast.train.compile import compile_model, mark_step_begin
-    from mimir_fast.train.objective import pretrain_losses
 
     torch.manual_seed(0)
     model = create_model("mae_vit_micro", img_size=img_size, patch_size=4, norm_pix_loss=True).to(device)
@@ -48,3 +47,17 @@ def assert_same_losses_and_grads(compiled: list, eager: list, ulps: int = 64) ->
         assert len(grads_c) == len(grads_e) > 0
         for gc, ge in zip(grads_c, grads_e):
             torch.testing.assert_close(gc, ge, rtol=0, atol=ulps * ulp * ge.abs().max().item())
+
+
+def pretrain_losses(model: nn.Module, imgs: torch.Tensor, cfg) -> dict:
+    """The step losses of ``cfg``'s pretraining method for clean ``imgs``."""
+    from mimir_fast.methods import create_method
+
+    return create_method(cfg).losses(model, imgs, None)
+
+
+def finetune_losses(model: nn.Module, imgs: torch.Tensor, labels: torch.Tensor, cfg) -> dict:
+    """The step losses of ``cfg``'s fine-tuning method."""
+    from mimir_fast.methods import create_method
+
+    return create_method(cfg).losses(model, imgs, labels)

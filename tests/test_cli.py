@@ -8,10 +8,11 @@ import torch
 from PIL import Image
 
 from mimir_fast.cli import build_parser, main
+from mimir_fast.configs import field_docs
+from mimir_fast.methods import build_config
 from mimir_fast.models_mae import mae_vit_micro
 from mimir_fast.train.checkpoint import save_checkpoint
-from mimir_fast.train.config import field_docs
-from mimir_fast.train.presets import PRESETS, build_config
+from mimir_fast.train.presets import PRESETS
 
 
 def run(argv, capsys):

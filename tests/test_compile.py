@@ -13,17 +13,15 @@ import torch
 import torch._dynamo
 
 from mimir_fast.errors import ConfigError
+from mimir_fast.methods import build_config, build_finetune_config
 from mimir_fast.models_mae import create_model
 from mimir_fast.models_vit import create_classifier
 from mimir_fast.train import compile as compile_module
 from mimir_fast.train.compile import compile_model, resolve_compile
 from mimir_fast.train.engine import train_step
-from mimir_fast.train.finetune import finetune_losses
 from mimir_fast.train.nonfinite import NonFiniteGuard
-from mimir_fast.train.objective import pretrain_losses
 from mimir_fast.train.optim import build_optimizer, param_groups_weight_decay
-from mimir_fast.train.presets import FINETUNE_PRESETS, build_config
-from tests.helpers import assert_same_losses_and_grads, compiled_step_grads
+from tests.helpers import assert_same_losses_and_grads, compiled_step_grads, finetune_losses, pretrain_losses
 
 CPU = torch.device("cpu")
 
@@ -66,7 +64,7 @@ def test_compiled_pretraining_step_equals_eager(method, monkeypatch):
 
 
 def test_compiled_pgd_finetuning_step_equals_eager(monkeypatch):
-    cfg = build_config("digits", FINETUNE_PRESETS, batch_size=8, input_size=16, patch_size=4, drop_path=0.0)
+    cfg = build_finetune_config("digits", batch_size=8, input_size=16, patch_size=4, drop_path=0.0)
 
     def build():
         return create_classifier("vit_micro", img_size=16, patch_size=4, num_classes=10, drop_path_rate=0.0)

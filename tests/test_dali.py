@@ -198,7 +198,7 @@ def test_cli_reports_dali_errors_on_one_line(capsys, tmp_path):
 
 
 def test_pretraining_runs_on_the_dali_cpu_backend(dali, folder, tmp_path):
-    from mimir_fast.train.pretrain import run_pretrain
+    from mimir_fast.methods import run_pretrain
 
     root, _, _ = folder
     cfg = _cfg(tmp_path, data_path=str(root), data_backend="dali", dali_device="cpu", batch_size=8, input_size=16,

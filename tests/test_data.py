@@ -8,7 +8,7 @@ from mimir_fast.data import build_train_dataset, digits_split, train_loader, vis
 from mimir_fast.data.folder import ImageFiles, scan_images, split_root
 from mimir_fast.data.transforms import eval_transform, pretrain_transform
 from mimir_fast.errors import DataError
-from mimir_fast.train.presets import build_config
+from mimir_fast.methods import build_config
 
 
 def test_digits_are_a_fixed_real_split():
@@ -38,7 +38,8 @@ def test_image_folder_layouts(tmp_path):
     train = split_root(str(tmp_path / "root"), "train")
     assert train == tmp_path / "root" / "train"
     samples, classes = scan_images(train)
-    assert [label for _, label in samples] == [0, 0, 1, 1, 1] and classes == ["a", "b"]  # sorted classes
+    assert [name for _, name in samples] == ["a", "a", "b", "b", "b"] and classes == ["a", "b"]  # sorted classes
+    assert [label for _, label in ImageFiles(train, eval_transform(16)).samples] == [0, 0, 1, 1, 1]
     assert split_root(str(tmp_path / "root"), "val") == tmp_path / "root" / "val"
 
     _save_images(tmp_path / "flat", 4)
@@ -46,7 +47,7 @@ def test_image_folder_layouts(tmp_path):
     assert split_root(str(tmp_path / "flat"), "val") is None
     ds = ImageFiles(tmp_path / "flat", eval_transform(16))
     img, label = ds[0]
-    assert img.shape == (3, 16, 16) and label == 0 and len(ds) == 4
+    assert img.shape == (3, 16, 16) and label == 0 and len(ds) == 4 and not ds.labelled
 
 
 def test_missing_empty_and_undecodable_data_are_data_errors(tmp_path):
@@ -130,3 +131,39 @@ def test_digits_holdout_resplits_the_training_images_only():
     assert not any(tuple(x.flatten().tolist()) in flat for x in hold_val)  # no validation image leaks in
     cfg = build_config("digits", data="digits-holdout")
     assert len(build_train_dataset(cfg, None)) == 1200
+
+
+def test_class_folders_of_another_split_are_mapped_by_name(tmp_path):
+    for name, n in (("ant", 2), ("bee", 3), ("cat", 2), ("dog", 1)):
+        _save_images(tmp_path / "train" / name, n)
+    for name, n in (("ant", 1), ("cat", 2), ("dog", 1)):  # val lacks "bee": later classes must not shift
+        _save_images(tmp_path / "val" / name, n)
+    train = ImageFiles(tmp_path / "train", eval_transform(16))
+    val = ImageFiles(tmp_path / "val", eval_transform(16), classes=train.classes)
+    assert train.classes == ["ant", "bee", "cat", "dog"]
+    assert [label for _, label in val.samples] == [0, 2, 2, 3] and val.missing == ["bee"]
+    own = ImageFiles(tmp_path / "val", eval_transform(16))  # its own numbering would give cat 1, dog 2
+    assert [label for _, label in own.samples] == [0, 1, 1, 2]
+    _save_images(tmp_path / "val" / "emu", 1)
+    with pytest.raises(DataError, match="class folder.* emu .*training data does not have"):
+        ImageFiles(tmp_path / "val", eval_transform(16), classes=train.classes)
+
+
+def test_mixed_layouts_and_empty_class_folders_are_named(tmp_path):
+    _save_images(tmp_path / "mixed", 3)
+    _save_images(tmp_path / "mixed" / "sub", 2)
+    with pytest.raises(DataError, match=r"mixed holds 3 images and 1 folder\(s\) \(sub\)"):
+        ImageFiles(tmp_path / "mixed", eval_transform(16))
+    _save_images(tmp_path / "classes" / "a", 2)
+    (tmp_path / "classes" / "b").mkdir()
+    with pytest.raises(DataError, match=r"class folder .*classes/b holds no images"):
+        ImageFiles(tmp_path / "classes", eval_transform(16))
+
+
+def test_non_square_small_images_are_squeezed_to_the_input_size():
+    """Up to 64 px the whole image is resized to size × size (bicubic), so nothing is cropped away."""
+    img = Image.new("RGB", (40, 20), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 20, 20))  # the left half white
+    out = eval_transform(16)(img)
+    assert out.shape == (3, 16, 16)
+    assert out[:, :, :7].min() > 0.9 and out[:, :, 9:].max() < 0.1  # left half white, right half black

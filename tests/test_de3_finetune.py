@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from mimir_fast.errors import ConfigError
+from mimir_fast.errors import CheckpointError, ConfigError
+from mimir_fast.methods import build_config, build_finetune_config, create_method, run_finetune, run_pretrain
+from mimir_fast.methods.de3 import De3Options, training_inputs
 from mimir_fast.models_vit import create_classifier, is_classifier_state
-from mimir_fast.purify.de3 import De3Purifier
-from mimir_fast.purify.de3_finetune import reconstruct, sample_train_sigma, seeded_de3, training_inputs
+from mimir_fast.purify.de3 import De3Purifier, seeded_de3
+from mimir_fast.purify.noise import sample_sigma
 from mimir_fast.train.checkpoint import load_checkpoint, save_checkpoint
-from mimir_fast.train.finetune import FinetuneTask, finetune_losses, run_finetune
-from mimir_fast.train.presets import build_config, build_finetune_config
-from mimir_fast.train.pretrain import run_pretrain
+from tests.helpers import finetune_losses
 from tests.test_cli import assert_one_line_error, run
 from tests.test_nim import _nim_ckpt, my_stats, my_unpatchify, tiny_nim
 
@@ -26,6 +26,10 @@ def _cfg(out=None, **kw):
     if out is not None:
         base["output_dir"] = str(out)
     return build_finetune_config("digits", **{**base, **kw})
+
+
+def sample_train_sigma(n, low, high):
+    return sample_sigma(n, "uniform", low=low, high=high)
 
 
 def released_prediction(model, noisy):
@@ -56,11 +60,11 @@ def test_training_sigma_is_uniform_low_high():
 def test_each_image_gets_its_own_sigma_before_the_nim_model():
     purifier = De3Purifier(tiny_nim(), 0.0)
     seen = []
-    reconstruct_nim = purifier.reconstruct
-    purifier.reconstruct = lambda noisy: (seen.append(noisy), reconstruct_nim(noisy))[1]
+    reconstruct_nim = purifier.nim.reconstruct
+    purifier.nim.reconstruct = lambda noisy: (seen.append(noisy), reconstruct_nim(noisy))[1]
     x = torch.rand(6, 3, 16, 16)  # 768 values per image: the noise's std is measured to ~2.6% (1 se)
     torch.manual_seed(5)
-    training_inputs(purifier, x, 0.0, 30.0)
+    training_inputs(purifier, x, De3Options(purifier="nim.pth", sigma_low=0.0, sigma_high=30.0))
     torch.manual_seed(5)
     sigma = torch.rand(6) * 30.0  # the same draw: σ first, then ε
     assert sigma.std() > 3  # distinct per image
@@ -82,8 +86,10 @@ def test_training_input_is_the_clamped_reconstruction_by_hand(stats):
     classifier.forward = lambda inp: (seen.append(inp), forward(inp))[1]
     x, labels = torch.rand(4, 3, 16, 16), torch.randint(0, 10, (4,))
     cfg = _cfg(de3_sigma_low=low, de3_sigma_high=high, denorm_stats=stats)
+    method = create_method(cfg)
+    method.purifier = purifier
     torch.manual_seed(11)
-    out = finetune_losses(classifier, x, labels, cfg, purifier)
+    out = method.losses(classifier, x, labels)
     torch.manual_seed(11)
     sigma = torch.rand(4) * (high - low) + low
     noisy = x + torch.randn_like(x) * sigma.view(-1, 1, 1, 1) / 255
@@ -103,8 +109,8 @@ def test_training_input_is_the_clamped_reconstruction_by_hand(stats):
 def test_no_gradient_reaches_the_nim_model_and_it_is_not_in_the_classifier(tmp_path):
     nim_path = _nim_ckpt(tmp_path / "nim.pth")
     cfg = _cfg(tmp_path, purifier=str(nim_path))
-    task = FinetuneTask()
-    classifier = task.build_model(cfg, None)
+    task = create_method(cfg)
+    classifier = task.build_model(None)
     reference = create_classifier("vit_micro", img_size=16, patch_size=4, num_classes=10)
     assert list(classifier.state_dict()) == list(reference.state_dict())  # the classifier's layout, nothing more
     purifier = task.purifier_on(torch.device("cpu"))
@@ -114,7 +120,7 @@ def test_no_gradient_reaches_the_nim_model_and_it_is_not_in_the_classifier(tmp_p
     assert not {id(q) for q in nim_params} & {id(q) for q in classifier.parameters()}
     before = {k: v.clone() for k, v in purifier.state_dict().items()}
     classifier.train()
-    out = task.losses(classifier, torch.rand(8, 3, 16, 16), torch.randint(0, 10, (8,)), cfg)
+    out = task.losses(classifier, torch.rand(8, 3, 16, 16), torch.randint(0, 10, (8,)))
     out["loss"].backward()
     assert classifier.head.weight.grad is not None and classifier.patch_embed.proj.weight.grad.abs().sum() > 0
     assert all(q.grad is None for q in nim_params)
@@ -130,7 +136,7 @@ def test_validation_through_de3_is_seeded():
     assert not torch.equal(a, seeded_de3(purifier, 70.0, seed=5)(x))
     eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(a, De3Purifier(purifier.nim, 70.0)(x, eps))  # De^3 itself at γ = 70
-    torch.testing.assert_close(a, reconstruct(purifier, x, 70.0, eps))
+    torch.testing.assert_close(a, purifier(x, eps, 70.0))
 
 
 # ---------------------------------------------------------------------- a short run on the digits
@@ -169,9 +175,9 @@ def test_config_errors():
         _cfg(denorm_stats="mean")
     with pytest.raises(ConfigError, match="val_gamma must be >= 0"):
         _cfg(val_gamma=-1.0)
-    with pytest.raises(ConfigError, match="used only by --method de3"):
+    with pytest.raises(ConfigError, match="--purifier is a flag of --method de3, not of --method pgd"):
         _cfg(method="pgd")
-    with pytest.raises(ConfigError, match="needs the NIM purifier"):
+    with pytest.raises(CheckpointError, match="nim.pth does not exist"):  # loaded on first use
         finetune_losses(nn.Identity(), torch.rand(2, 3, 16, 16), torch.zeros(2, dtype=torch.long), _cfg())
 
 

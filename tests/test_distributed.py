@@ -29,9 +29,9 @@ from PIL import Image
 from mimir_fast.cli import main
 from mimir_fast.data import build_train_dataset, digits_split
 from mimir_fast.errors import ConfigError, DataError
+from mimir_fast.methods import build_config
 from mimir_fast.train.checkpoint import load_checkpoint
 from mimir_fast.train.parallel import per_rank_config
-from mimir_fast.train.presets import build_config
 from tests import dist_worker
 
 ATOL = 1e-6
@@ -57,8 +57,9 @@ def _one_image_per_class(root: Path) -> Path:
 
 
 def _argv(data: Path, out: Path, method: str, *extra: str) -> list[str]:
+    hsic = ["--mi_xpl", "0.1"] if method == "mimir" else []
     return ["pretrain", "--method", method, "--data_path", str(data), "--global_batch_size", "16", "--epochs", "2",
-            "--warmup_epochs", "1", "--save_freq", "1", "--print_freq", "100", "--mi_xpl", "0.1",
+            "--warmup_epochs", "1", "--save_freq", "1", "--print_freq", "100", *hsic,
             "--output_dir", str(out), "--no-auto_resume", *extra]
 
 

@@ -5,13 +5,11 @@ import pytest
 import torch
 
 from mimir_fast.attacks import pgd_mae
+from mimir_fast.methods import build_config, run_pretrain
 from mimir_fast.models_mae import create_model
 from mimir_fast.train.engine import train_step
-from mimir_fast.train.objective import pretrain_losses
 from mimir_fast.train.optim import build_optimizer, param_groups_weight_decay
-from mimir_fast.train.presets import build_config
-from mimir_fast.train.pretrain import run_pretrain
-from tests.helpers import assert_same_losses_and_grads, compiled_step_grads
+from tests.helpers import assert_same_losses_and_grads, compiled_step_grads, pretrain_losses
 from tests.mae_reference import ReferenceMAE
 
 pytestmark = pytest.mark.gpu
@@ -120,8 +118,7 @@ def test_a_cuda_run_writes_a_checkpoint_that_loads_on_the_cpu(tmp_path):
 def test_finetune_and_eval_on_cuda(tmp_path):
     from mimir_fast.evaluate.config import EvalConfig
     from mimir_fast.evaluate.run import run_eval
-    from mimir_fast.train.finetune import run_finetune
-    from mimir_fast.train.presets import build_finetune_config
+    from mimir_fast.methods import build_finetune_config, run_finetune
 
     ft = run_finetune(build_finetune_config("digits", epochs=1, device="cuda", output_dir=str(tmp_path / "ft")))
     report = run_eval(EvalConfig(resume=str(ft.checkpoint), attacks="clean,pgd20", n_ex=64, eps_curve="0,8,128",

@@ -10,11 +10,11 @@ import torch
 import mimir_fast.data as data_module
 from mimir_fast.cli import main
 from mimir_fast.errors import ConfigError
+from mimir_fast.methods import build_config
 from mimir_fast.models_mae import create_model
 from mimir_fast.purify.lora import LoRALinear, apply_lora, decoder_lora_targets, lora_layers, lora_state
 from mimir_fast.purify.maep import load_maep_purifier, reconstruct
 from mimir_fast.train.checkpoint import load_checkpoint, save_checkpoint
-from mimir_fast.train.presets import build_config
 from tests.test_train import _assert_same_run_state
 
 DECODER = ("decoder_embed.", "decoder_blocks.", "decoder_pred.")
@@ -122,7 +122,8 @@ def test_stage_lora_cli_errors_are_one_line(stage1, tmp_path, capsys, digits):
     out = str(tmp_path / "out")
     base = ["pretrain", "--no-norm_pix_loss", "--maep_stage", "lora", "--output_dir", out]
     assert "needs --maep_init" in _one_line_error([*base, "--method", "maep"], capsys)
-    assert "needs --method maep" in _one_line_error([*base, "--method", "mimir", "--maep_init", str(stage1)], capsys)
+    assert "is a flag of --method maep, not of --method mimir" in _one_line_error(
+        [*base, "--method", "mimir", "--maep_init", str(stage1)], capsys)
     nim = _fake_checkpoint(tmp_path / "nim.pth", method="nim")
     assert "method 'nim', not maep" in _one_line_error([*base, "--method", "maep", "--maep_init", str(nim)], capsys)
     mimir = _fake_checkpoint(tmp_path / "mimir.pth", method="mimir", norm_pix_loss=True)
@@ -149,9 +150,9 @@ def test_stage_lora_cli_errors_are_one_line(stage1, tmp_path, capsys, digits):
 
 
 def test_config_checks():
-    cfg = build_config("digits", method="maep", norm_pix_loss=False)
-    assert (cfg.maep_stage, cfg.maep_init, cfg.maep_lora_rank, cfg.maep_lora_alpha) == ("masked", None, 4, 8.0)
-    lora = dict(method="maep", norm_pix_loss=False, maep_stage="lora", maep_init="x.pth")
+    opts = build_config("digits", method="maep").options
+    assert (opts.stage, opts.init, opts.lora_rank, opts.lora_alpha) == ("masked", None, 4, 8.0)
+    lora = dict(method="maep", maep_stage="lora", maep_init="x.pth")
     for bad, match in [
         (dict(maep_stage="lora2"), "unknown maep_stage"),
         (dict(maep_lora_rank=0), "maep_lora_rank must be >= 1"),
@@ -160,7 +161,7 @@ def test_config_checks():
         with pytest.raises(ConfigError, match=match):
             build_config("digits", **{**lora, **bad})
     with pytest.raises(ConfigError, match="stage masked trains from scratch"):
-        build_config("digits", method="maep", norm_pix_loss=False, maep_init="x.pth")
+        build_config("digits", method="maep", maep_init="x.pth")
 
 
 def test_lora_state_maps_a_plain_state_onto_the_wrapped_layout():

@@ -9,10 +9,9 @@ import torch
 from mimir_fast.cli import main
 from mimir_fast.data.sharding import ShardedBatchSampler
 from mimir_fast.errors import CheckpointError
+from mimir_fast.methods import build_config, run_pretrain
 from mimir_fast.train import checkpoint as ckpt_mod
 from mimir_fast.train.checkpoint import load_checkpoint
-from mimir_fast.train.presets import build_config
-from mimir_fast.train.pretrain import run_pretrain
 from tests.test_cli import assert_one_line_error
 
 

@@ -9,11 +9,11 @@ from torch import nn
 
 from mimir_fast.cli import main
 from mimir_fast.errors import ConfigError
-from mimir_fast.train import pretrain as pretrain_module
+from mimir_fast.methods import build_config
+from mimir_fast.methods.mimir import Mimir
 from mimir_fast.train.engine import train_step
 from mimir_fast.train.nonfinite import NonFiniteGuard, supports_found_inf
 from mimir_fast.train.optim import build_optimizer, param_groups_weight_decay
-from mimir_fast.train.presets import build_config
 
 CPU = torch.device("cpu")
 
@@ -124,15 +124,15 @@ def test_the_step_and_the_skip_read_nothing_back_to_the_host(monkeypatch):
 
 def _poison_from(monkeypatch, first_bad_call: int, last_bad_call: int | None = None):
     """Make pretraining's loss NaN on calls ``first_bad_call``..``last_bad_call`` (0-based, inclusive)."""
-    real, calls = pretrain_module.pretrain_losses, []
+    real, calls = Mimir.losses, []
 
-    def poisoned(model, imgs, cfg):
-        out = real(model, imgs, cfg)
+    def poisoned(self, model, imgs, labels):
+        out = real(self, model, imgs, labels)
         calls.append(None)
         bad = first_bad_call <= len(calls) - 1 and (last_bad_call is None or len(calls) - 1 <= last_bad_call)
         return {**out, "loss": out["loss"] * float("nan")} if bad else out
 
-    monkeypatch.setattr(pretrain_module, "pretrain_losses", poisoned)
+    monkeypatch.setattr(Mimir, "losses", poisoned)
 
 
 _ARGS = ["pretrain", "--data", "synthetic", "--synthetic_size", "32", "--batch_size", "4", "--model", "mae_vit_micro",

@@ -9,12 +9,11 @@ import torch
 from PIL import Image
 
 from mimir_fast.errors import TrainingError
+from mimir_fast.methods import build_config, run_pretrain
+from mimir_fast.methods.mimir import Mimir
 from mimir_fast.models_mae import mae_vit_micro
-from mimir_fast.train import pretrain as pretrain_module
 from mimir_fast.train.checkpoint import load_checkpoint
 from mimir_fast.train.optim import lr_at, param_groups_weight_decay
-from mimir_fast.train.presets import build_config
-from mimir_fast.train.pretrain import run_pretrain
 
 
 def test_lr_schedule_warmup_then_half_cosine():
@@ -125,13 +124,13 @@ def test_nothing_left_to_train_is_not_an_error(tmp_path, capsys):
 
 
 def test_a_diverged_loss_stops_the_run_without_writing_a_checkpoint(tmp_path, monkeypatch):
-    real = pretrain_module.pretrain_losses
+    real = Mimir.losses
 
-    def poisoned(model, imgs, cfg):
-        out = real(model, imgs, cfg)
+    def poisoned(self, model, imgs, labels):
+        out = real(self, model, imgs, labels)
         return {**out, "loss": out["loss"] * float("nan")}
 
-    monkeypatch.setattr(pretrain_module, "pretrain_losses", poisoned)
+    monkeypatch.setattr(Mimir, "losses", poisoned)
     cfg = build_config("digits", input_size=16, patch_size=4, epochs=1, print_freq=5, output_dir=str(tmp_path))
     with pytest.raises(TrainingError, match="non-finite .* in epoch 0 by step 5"):
         run_pretrain(cfg)

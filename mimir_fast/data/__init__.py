@@ -17,7 +17,7 @@ from .backend import dali_train_loader, resolve_backend
 from .digits import KINDS as DIGITS_KINDS
 from .digits import NUM_CLASSES as DIGITS_CLASSES
 from .digits import digits_split
-from .folder import ImageFiles, split_root
+from .folder import ImageFiles, plural, split_root
 from .sharding import ShardedBatchSampler
 from .tensors import SyntheticBatches, TensorImages
 from .transforms import eval_transform
@@ -34,17 +34,41 @@ def _folder_root(cfg, split: str):
     return split_root(cfg.data_path, split)
 
 
+def describe(split: str, dataset: Dataset, source: str) -> str:
+    """One line saying what a split holds and where it came from, e.g. ``train: 1,500 images, 10 classes
+    (the embedded digits)``."""
+    if getattr(dataset, "labelled", True):
+        what = plural(getattr(dataset, "num_classes", 0) or 0, "class", "classes")
+    else:
+        what = "unlabelled"
+    line = f"{split}: {plural(len(dataset), 'image', 'images')}, {what} ({source})"
+    missing = getattr(dataset, "missing", [])
+    if missing:
+        line += f"; no images of {plural(len(missing), 'class', 'classes')} the training data has: " + ", ".join(
+            missing[:5]) + (", ..." if len(missing) > 5 else "")
+    return line
+
+
+def _digits_source(kind: str) -> str:
+    return "the embedded digits" + (", held-out re-split of the training images" if kind != "digits" else "")
+
+
 def build_train_dataset(cfg, transform, world_size: int = 1) -> Dataset | None:
     """The training set of ``cfg`` with ``transform`` (None for synthetic data, which needs no dataset); a
-    ``DataError`` when a rank's share of it is smaller than one batch."""
+    ``DataError`` when a rank's share of it is smaller than one batch. Prints what it found."""
     kind = cfg.data_kind
     if kind == "synthetic":
+        print(f"train: synthetic, {cfg.synthetic_size:,} random images per epoch")
         return None
     if kind in DIGITS_KINDS:
         images, labels = digits_split("train", kind)
         dataset: Dataset = TensorImages(images, labels, transform, num_classes=DIGITS_CLASSES)
+        source = _digits_source(kind)
     else:
-        dataset = ImageFiles(_folder_root(cfg, "train"), transform)
+        root = _folder_root(cfg, "train")
+        dataset = ImageFiles(root, transform)
+        source = str(root)
+    print(describe("train", dataset, source))
     if len(dataset) < cfg.batch_size:
         raise DataError(f"the training set has {len(dataset)} images, fewer than batch_size {cfg.batch_size}")
     if len(dataset) < cfg.batch_size * world_size:
@@ -53,17 +77,28 @@ def build_train_dataset(cfg, transform, world_size: int = 1) -> Dataset | None:
     return dataset
 
 
-def build_val_dataset(cfg, transform=None) -> Dataset | None:
-    """The un-augmented validation set (digits val, or the ``val/`` folder); None if there is none."""
+def build_val_dataset(cfg, transform=None, classes: list[str] | None = None, report: bool = True) -> Dataset | None:
+    """The un-augmented validation set (digits val, or the ``val/`` folder, labelled by the training data's
+    ``classes`` when given); None if there is none. Prints what it found unless ``report`` is off."""
     transform = transform or eval_transform(cfg.input_size)
     kind = cfg.data_kind
     if kind in DIGITS_KINDS:
         images, labels = digits_split("val", kind)
-        return TensorImages(images, labels, transform, num_classes=DIGITS_CLASSES)
-    if kind == "folder":
+        dataset: Dataset = TensorImages(images, labels, transform, num_classes=DIGITS_CLASSES)
+        source = _digits_source(kind)
+    elif kind == "folder":
         root = _folder_root(cfg, "val")
-        return ImageFiles(root, transform) if root is not None else None
-    return None
+        if root is None:
+            if report:
+                print(f"val: none (no val/ folder in {cfg.data_path})")
+            return None
+        dataset = ImageFiles(root, transform, classes)
+        source = str(root)
+    else:
+        return None
+    if report:
+        print(describe("val", dataset, source))
+    return dataset
 
 
 def num_classes(dataset: Dataset | None) -> int | None:
@@ -108,7 +143,7 @@ def visual_batch(cfg, n: int = 8) -> torch.Tensor:
     if cfg.data_kind == "synthetic":
         gen = torch.Generator().manual_seed(cfg.seed)
         return torch.rand(n, 3, cfg.input_size, cfg.input_size, generator=gen)
-    dataset = build_val_dataset(cfg)
+    dataset = build_val_dataset(cfg, report=False)
     if dataset is None:
         dataset = ImageFiles(_folder_root(cfg, "train"), eval_transform(cfg.input_size))
     return torch.stack([dataset[i][0] for i in range(min(n, len(dataset)))])

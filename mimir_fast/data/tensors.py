@@ -15,6 +15,9 @@ class TensorImages(Dataset):
                  num_classes: int | None = None):
         self.images, self.labels, self.transform = images, labels, transform
         self.num_classes = num_classes
+        self.classes = [str(i) for i in range(num_classes)] if num_classes else []
+        self.labelled = bool(num_classes)
+        self.missing: list[str] = []
 
     def __len__(self) -> int:
         return len(self.images)

@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
+from ..configs import Config, DataSource, at_least, check, choice, positive
+from ..data.digits import KINDS as DIGITS_KINDS
+from ..device import DEVICES
 from ..errors import ConfigError
+from ..purify.de3 import DENORM_STATS
+from ..purify.maep import TRANSFERS
+from .defenses import DEFENSES
 
 ATTACKS = ("clean", "pgd20", "pgd100", "aa", "aa-rand", "pgd-mi", "pgd20-gb", "aa-gb")
 GRAYBOX_ATTACKS = ("pgd20-gb", "aa-gb")
 PREPROCESSING = ("auto", "none", "Res256Crop224", "BicubicRes256Crop224")
-DEFENSES = ("none", "de3", "maep")
-DENORM_STATS = ("clean", "noisy", "none")
-TRANSFERS = ("none", "resize", "tile")
+DATA_KINDS = ("auto", *DIGITS_KINDS, "folder")
 GRADIENTS = ("exact", "bpda")
-DEFAULT_ATTACKS = {  # full-gradient attacks first; a purifier also gets its labelled gray-box number
-    "none": "clean,pgd20,pgd100,aa",
-    "de3": "clean,pgd20,aa-rand,pgd20-gb",
-    "maep": "clean,pgd20,aa,pgd20-gb",
-}
 RANDOMIZED_EOT = 20  # EOT draws per gradient for a randomised defence (AutoAttack rand's eot_iter)
 RANDOMIZED_DRAWS = 10  # stochastic forward passes per example when scoring a randomised defence
 LARGE_EPS = 64.0  # /255: at or above this, a sound attack should bring accuracy to about 0
 
 
 @dataclass(kw_only=True)
-class EvalConfig:
+class EvalConfig(Config, DataSource):
     """What to evaluate and how. Attacks run in fp32 with the model in eval mode."""
 
     resume: str = ""
@@ -94,63 +93,48 @@ class EvalConfig:
     """Stochastic forward passes per example when scoring a randomised defence (each example's noise is seeded
     by (seed, example, draw), so the scores are reproducible); accuracy is their mean, accuracy_worst the
     fraction right on every draw. Default 10; a deterministic model is scored once."""
+    allow_failed_checks: bool = False
+    """Exit 0 even when an integrity check fails (by default a failed check ends the command with exit code 3)."""
     gradient: str = "exact"
     """How full-gradient attacks differentiate the purifier: exact (backpropagation through it; every part here
     is differentiable) or bpda (identity backward pass, Athalye et al. 2018; for comparison only)."""
 
-    def __post_init__(self) -> None:
-        if not self.resume:
-            raise ConfigError("eval needs --resume CHECKPOINT (a classifier from mimir-fast finetune)")
+    def validate(self) -> None:
+        check(bool(self.resume), "eval needs --resume CHECKPOINT (a classifier from mimir-fast finetune)")
         for name in self.attack_list:
-            if name not in ATTACKS:
-                raise ConfigError(f"unknown attack {name!r}; choose from: {', '.join(ATTACKS)}")
-        if self.eps < 0:
-            raise ConfigError(f"eps must be >= 0 (in /255 units), got {self.eps}")
-        if self.alpha <= 0:
-            raise ConfigError(f"alpha must be > 0 (in /255 units), got {self.alpha}")
+            choice("attack", name, ATTACKS)
+        at_least("eps", self.eps, 0, " (in /255 units)")
+        positive("alpha", self.alpha)
         for e in self.curve:
-            if e < 0:
-                raise ConfigError(f"eps_curve values must be >= 0, got {e}")
-        if self.preprocessing not in PREPROCESSING:
-            raise ConfigError(
-                f"unknown preprocessing {self.preprocessing!r}; choose one of: {', '.join(PREPROCESSING)}"
-            )
-        if self.data not in ("auto", "digits", "digits-holdout", "folder"):
-            raise ConfigError(f"unknown data {self.data!r}; choose one of: auto, digits, digits-holdout, folder")
-        if self.n_ex is not None and self.n_ex < 1:
-            raise ConfigError(f"n_ex must be >= 1, got {self.n_ex}")
-        for name in ("batch_size", "pgd_mi_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.pgd_mi_lambda < 0:
-            raise ConfigError(f"pgd_mi_lambda must be >= 0, got {self.pgd_mi_lambda}")
-        for name, choices in (("defense", DEFENSES), ("denorm_stats", DENORM_STATS)):
-            if getattr(self, name) not in choices:
-                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(choices)}")
-        for name, choices in (("transfer", TRANSFERS), ("gradient", GRADIENTS)):
-            if getattr(self, name) not in choices:
-                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(choices)}")
-        if self.defense != "none" and not self.purifier:
-            method = {"de3": "nim", "maep": "maep"}[self.defense]
-            raise ConfigError(f"--defense {self.defense} needs --purifier CHECKPOINT (from mimir-fast pretrain "
-                              f"--method {method})")
-        if not self.gamma >= 0:
-            raise ConfigError(f"gamma must be >= 0 (De^3 noise std in /255 units), got {self.gamma}")
+            at_least("eps_curve values", e, 0)
+        choice("preprocessing", self.preprocessing, PREPROCESSING)
+        choice("data", self.data, DATA_KINDS)
+        choice("device", self.device, DEVICES)
+        for name in ("n_ex", "batch_size", "pgd_mi_steps", "eot_iter", "eval_draws"):
+            at_least(name, getattr(self, name), 1)
+        at_least("num_workers", self.num_workers, 0)
+        at_least("seed", self.seed, 0)
+        at_least("pgd_mi_lambda", self.pgd_mi_lambda, 0)
+        choice("defense", self.defense, tuple(DEFENSES))
+        choice("denorm_stats", self.denorm_stats, DENORM_STATS)
+        choice("transfer", self.transfer, TRANSFERS)
+        choice("gradient", self.gradient, GRADIENTS)
+        defense = DEFENSES[self.defense]
+        check(defense.load is None or bool(self.purifier),
+              f"--defense {self.defense} needs --purifier CHECKPOINT (from mimir-fast pretrain --method "
+              f"{defense.purifier_method})")
+        check(self.gamma >= 0, f"gamma must be >= 0 (De^3 noise std in /255 units), got {self.gamma}")
         for g in self.gammas if self.gamma_sweep else []:
-            if not g >= 0:
-                raise ConfigError(f"gamma_sweep values must be >= 0 (De^3 noise std in /255 units), got {g:g}")
-        if self.gamma_sweep and self.defense != "de3":
-            raise ConfigError("--gamma_sweep needs --defense de3")
-        for name in ("eot_iter", "eval_draws"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+            check(g >= 0, f"gamma_sweep values must be >= 0 (De^3 noise std in /255 units), got {g:g}")
+        check(not self.gamma_sweep or self.defense == "de3", "--gamma_sweep needs --defense de3")
         graybox = [a for a in self.attack_list if a in GRAYBOX_ATTACKS]
-        if graybox and self.defense == "none":
-            raise ConfigError(f"gray-box attacks ({', '.join(graybox)}) need a defence (--defense de3 or maep)")
+        check(not graybox or defense.load is not None,
+              f"gray-box attacks ({', '.join(graybox)}) need a defence (--defense "
+              f"{' or '.join(n for n, d in DEFENSES.items() if d.load is not None)})")
 
     @property
     def attack_list(self) -> list[str]:
-        attacks = self.attacks if self.attacks is not None else DEFAULT_ATTACKS.get(self.defense, "")
+        attacks = self.attacks if self.attacks is not None else DEFENSES[self.defense].default_attacks
         return [a.strip() for a in attacks.split(",") if a.strip()]
 
     @property
@@ -172,12 +156,3 @@ class EvalConfig:
             return sorted({float(e) for e in self.eps_curve.split(",") if e.strip()})
         except ValueError:
             raise ConfigError(f"eps_curve must be comma-separated numbers, got {self.eps_curve!r}") from None
-
-    @property
-    def data_kind(self) -> str:
-        if self.data != "auto":
-            return self.data
-        return "folder" if self.data_path else "digits"
-
-    def to_dict(self) -> dict:
-        return asdict(self)

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode, v2
 
+from ..data import describe
 from ..data.digits import KINDS as DIGITS_KINDS
 from ..data.digits import NUM_CLASSES as DIGITS_CLASSES
 from ..data.digits import digits_split
@@ -36,14 +37,25 @@ def preprocessing(name: str, input_size: int):
     return v2.Compose([v2.Resize(256, interpolation=mode, antialias=True), v2.CenterCrop(224), *to_float])
 
 
-def eval_dataset(cfg: EvalConfig, input_size: int) -> Dataset:
-    """The un-augmented evaluation set: digits val, or ``data_path``'s ``val/`` folder (else the root)."""
+def eval_dataset(cfg: EvalConfig, input_size: int, classes: list[str] | None = None) -> Dataset:
+    """The un-augmented evaluation set: digits val, or ``data_path``'s ``val/`` folder (else the root), its class
+    folders labelled by ``classes`` (the classifier's, in label order) when given. Prints what it found."""
     transform = preprocessing(cfg.preprocessing, input_size)
     if cfg.data_kind in DIGITS_KINDS:
         images, labels = digits_split("val", cfg.data_kind)
-        return TensorImages(images, labels, transform, num_classes=DIGITS_CLASSES)
-    root = split_root(cfg.data_path, "val") or split_root(cfg.data_path, "train")
-    return ImageFiles(root, transform)
+        dataset: Dataset = TensorImages(images, labels, transform, num_classes=DIGITS_CLASSES)
+        source = "the embedded digits" + (", held-out re-split" if cfg.data_kind != "digits" else "")
+    else:
+        root = split_root(cfg.data_path, "val") or split_root(cfg.data_path, "train")
+        dataset = ImageFiles(root, transform, classes)
+        if not dataset.labelled:
+            raise DataError(f"{root} holds images without class folders: eval needs labelled images (one sub-folder "
+                            "per class, named as in the training data)")
+        source = str(root)
+        if classes is None:
+            print(f"note: the checkpoint records no class names; labels follow the sorted folder names in {root}")
+    print(describe("eval", dataset, source))
+    return dataset
 
 
 def subset_indices(cfg: EvalConfig, dataset: Dataset) -> list[int]:
@@ -52,19 +64,25 @@ def subset_indices(cfg: EvalConfig, dataset: Dataset) -> list[int]:
         path = Path(cfg.ids)
         if not path.is_file():
             raise DataError(f"ids file {path} does not exist")
-        lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+        numbered = [(i + 1, ln.strip()) for i, ln in enumerate(path.read_text().splitlines()) if ln.strip()]
+        lines = [ln for _, ln in numbered]
         if all(ln.isdigit() for ln in lines):
             indices = [int(ln) for ln in lines]
+        elif any(ln.isdigit() for ln in lines):
+            bad = next((no, ln) for no, ln in numbered if not ln.isdigit())
+            raise DataError(f"ids file {path} mixes indices and paths: line {bad[0]} is {bad[1]!r}")
         else:
             by_path = {str(Path(p).resolve()): i for i, (p, _) in enumerate(getattr(dataset, "samples", []))}
             base = Path(cfg.data_path or ".")
-            missing = [ln for ln in lines if str((base / ln).resolve()) not in by_path]
+            missing = [(no, ln) for no, ln in numbered if str((base / ln).resolve()) not in by_path]
             if missing:
-                raise DataError(f"{len(missing)} listed images are not in the evaluation set, e.g. {missing[0]}")
+                raise DataError(f"ids file {path}: {len(missing)} listed image(s) are not in the evaluation set, the "
+                                f"first on line {missing[0][0]}: {missing[0][1]!r}")
             indices = [by_path[str((base / ln).resolve())] for ln in lines]
-        bad = [i for i in indices if not 0 <= i < len(dataset)]
+        bad = [(no, i) for (no, _), i in zip(numbered, indices) if not 0 <= i < len(dataset)]
         if bad:
-            raise DataError(f"ids file {path} lists index {bad[0]}, outside the {len(dataset)} evaluation examples")
+            raise DataError(f"ids file {path} line {bad[0][0]} lists index {bad[0][1]}, outside the {len(dataset)} "
+                            "evaluation examples")
     else:
         indices = list(range(len(dataset)))
     return indices[: cfg.n_ex] if cfg.n_ex else indices

@@ -9,22 +9,28 @@ fp32 runs with the model in eval mode. With ``--gamma_sweep`` the whole evaluati
 
 from __future__ import annotations
 
+import json
 import math
 import platform
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..device import resolve_device
 from ..distributed import finish_distributed, gather, init_distributed
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models_vit import create_classifier, is_classifier_state
+from ..outputs import writable_dir
+from ..purify.defended import BPDA, PurifiedClassifier
 from ..train.checkpoint import load_checkpoint, load_model_state
-from ..train.runner import resolve_device
 from .checks import run_checks
 from .config import RANDOMIZED_DRAWS, RANDOMIZED_EOT, EvalConfig
 from .data import eval_dataset, load_examples, subset_indices
+from .defenses import DEFENSES
 from .report import accuracy_of, plot_curve, plot_gamma_curve, table, worst_accuracy_of, write_json
 from .suite import ShardResult, Target, attack_shard, curve_key
 
@@ -35,6 +41,8 @@ class ClassifierInfo:
     num_classes: int
     input_size: int
     patch_size: int
+    classes: list[str] | None = None
+    """The training data's class names in label order (None in checkpoints that do not record them)."""
 
 
 def load_classifier(cfg: EvalConfig, device: torch.device) -> tuple[torch.nn.Module, ClassifierInfo]:
@@ -55,9 +63,12 @@ def load_classifier(cfg: EvalConfig, device: torch.device) -> tuple[torch.nn.Mod
                                 ("input_size", cfg.input_size, size)):
         if wanted is not None and wanted != found:
             raise CheckpointError(f"{path} has {flag} {found}, but --{flag} is {wanted}")
+    names = ckpt.get("classes")
+    if names is not None and len(names) != classes:
+        raise CheckpointError(f"{path} records {len(names)} class names for a {classes}-class head")
     model = create_classifier(name, img_size=size, patch_size=patch, num_classes=classes)
     load_model_state(model, state, path)
-    return model.to(device).float().eval(), ClassifierInfo(name, classes, size, patch)
+    return model.to(device).float().eval(), ClassifierInfo(name, classes, size, patch, names)
 
 
 def _merge(parts: list[ShardResult], order: list[int]) -> ShardResult:
@@ -83,7 +94,7 @@ def _merge(parts: list[ShardResult], order: list[int]) -> ShardResult:
 
 def attack_settings(cfg: EvalConfig, target: Target) -> dict[str, str]:
     """A label per attack key saying what the attacker sees (reported next to each number)."""
-    if cfg.defense == "none":
+    if DEFENSES[cfg.defense].load is None:
         return {}
     how = "BPDA (identity backward) through the purifier" if cfg.gradient == "bpda" else "exact gradients"
     eot = f", EOT-{target.eot_iter}" if target.eot_iter > 1 else ""
@@ -139,22 +150,10 @@ def run_eval(cfg: EvalConfig) -> dict | None:
 def build_target(cfg: EvalConfig, classifier: torch.nn.Module, info: ClassifierInfo, device: torch.device,
                  gamma: float) -> tuple[Target, dict]:
     """The model to attack and score for ``cfg.defense`` (at De^3 noise level ``gamma``) and its description."""
-    if cfg.defense == "none":
-        return Target.plain(classifier), {"name": "none", "randomized": False}
-    from ..purify.defended import BPDA, PurifiedClassifier
-
-    if cfg.defense == "de3":
-        from ..purify.de3 import load_de3_purifier
-
-        purifier = load_de3_purifier(cfg.purifier, gamma, cfg.denorm_stats, image_size=info.input_size)
-        summary = f"De^3, gamma {gamma:g}/255, denorm_stats {cfg.denorm_stats}, NIM {cfg.purifier}"
-        extra = {"gamma": gamma, "denorm_stats": cfg.denorm_stats}
-    else:
-        from ..purify.maep import load_maep_purifier
-
-        purifier = load_maep_purifier(cfg.purifier, image_size=info.input_size, transfer=cfg.transfer)
-        summary = f"MAEP {cfg.purifier}, transfer {cfg.transfer}"
-        extra = {"transfer": cfg.transfer}
+    defense = DEFENSES[cfg.defense]
+    if defense.load is None:
+        return Target.plain(classifier), {"name": cfg.defense, "randomized": False}
+    purifier, summary, extra = defense.load(cfg, info.input_size, gamma)
     purifier = purifier.to(device).eval()
     model = PurifiedClassifier(purifier, classifier).eval()
     randomized = model.randomized
@@ -185,9 +184,12 @@ def purifier_cost(target: Target, x: torch.Tensor, bs: int) -> float:
 
 
 def _evaluate(cfg: EvalConfig, device: torch.device, env) -> dict | None:
+    output_dir = Path(cfg.output_dir)
+    if env.is_main:  # before any attack: a run that cannot save its results stops now
+        writable_dir(output_dir, "--output_dir")
     classifier, info = load_classifier(cfg, device)
     targets = [build_target(cfg, classifier, info, device, g) for g in cfg.gammas]  # errors before any attack
-    dataset = eval_dataset(cfg, info.input_size)
+    dataset = eval_dataset(cfg, info.input_size, info.classes)
     found = getattr(dataset, "num_classes", None)
     if found is not None and found > info.num_classes:
         raise DataError(f"the evaluation data has {found} classes, but the classifier has {info.num_classes}")
@@ -195,10 +197,9 @@ def _evaluate(cfg: EvalConfig, device: torch.device, env) -> dict | None:
     shard = order[env.rank::env.world_size]
     x, y = load_examples(dataset, shard, info.input_size)
     x, y = x.to(device), y.to(device)
-    output_dir = Path(cfg.output_dir)
     reports = []
     for gamma, (target, description) in zip(cfg.gammas, targets):
-        if cfg.defense != "none":
+        if DEFENSES[cfg.defense].load is not None:
             description["ms_per_image"] = purifier_cost(target, x, cfg.batch_size)
             torch.manual_seed(cfg.seed + env.rank)  # the purifier's noise draws during the attacks
         parts = gather(attack_shard(target, x, y, shard, cfg, info.num_classes), env)
@@ -207,23 +208,37 @@ def _evaluate(cfg: EvalConfig, device: torch.device, env) -> dict | None:
         report = build_report(cfg, info, parts, order, env.world_size, defense=description,
                               settings=attack_settings(cfg, target))
         report["env"]["device"] = str(device)
+        print(table(report))  # before anything is written: a write failure cannot lose it
         folder = output_dir / f"gamma_{gamma:g}" if cfg.gamma_sweep else output_dir
-        folder.mkdir(parents=True, exist_ok=True)
-        report["files"] = {"json": str(folder / "eval_results.json"), "curve_png": str(plot_curve(report, folder))}
-        write_json(report, folder)
-        print(table(report))
+        report["files"] = save_report(report, folder)
         reports.append(report)
     if not env.is_main:
         return None
     if not cfg.gamma_sweep:
         return reports[0]
     sweep = gamma_sweep_summary(cfg, reports)
-    sweep["files"] = {"json": str(output_dir / "gamma_curve.json"), "png": str(plot_gamma_curve(sweep, output_dir))}
-    write_json(sweep, output_dir, "gamma_curve.json")
     print("gamma sweep: " + "; ".join(
         f"{g:g}: " + ", ".join(f"{k} {v[i]:.1f}%" for k, v in sweep["accuracy"].items())
         for i, g in enumerate(sweep["gammas"])))
+    sweep["files"] = save_report(sweep, output_dir, "gamma_curve.json", plot=plot_gamma_curve)
     return sweep
+
+
+def save_report(report: dict, folder: Path, name: str = "eval_results.json", plot=plot_curve) -> dict:
+    """Write ``report`` as JSON and its plot into ``folder``; if that fails, write the JSON to a fallback file in
+    the temporary folder and say where, so computed results are never lost. Returns the files written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        files = {"json": str(folder / name)}
+        files["png"] = str(plot(report, folder))
+        write_json({**report, "files": files}, folder, name)
+        return files
+    except OSError as e:
+        fallback = Path(tempfile.mkstemp(prefix="mimir-fast-", suffix="-" + name)[1])
+        fallback.write_text(json.dumps(report, indent=1) + "\n")
+        print(f"mimir-fast: could not write {folder / name} ({e.strerror or e}); the results are in {fallback}",
+              file=sys.stderr)
+        return {"json": str(fallback)}
 
 
 def gamma_sweep_summary(cfg: EvalConfig, reports: list[dict]) -> dict:
@@ -244,3 +259,12 @@ def gamma_sweep_summary(cfg: EvalConfig, reports: list[dict]) -> dict:
         "reports": [r["files"]["json"] for r in reports],
         "config": cfg.to_dict(),
     }
+
+
+def failed_checks(report: dict | None) -> list[str]:
+    """The names of the integrity checks that failed in an evaluation's (or a γ sweep's) report."""
+    if report is None:  # not rank 0
+        return []
+    if "checks_failed" in report:  # a γ sweep
+        return sorted({f"{name} (gamma {g})" for g, names in report["checks_failed"].items() for name in names})
+    return [c["name"] for c in report["checks"] if c["status"] == "fail"]

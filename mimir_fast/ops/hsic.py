@@ -1,34 +1,7 @@
-"""Normalised-CCA HSIC, MIMIR's mutual-information penalty (``MI/hsic.py`` ``hsic_normalized_cca``).
-
-For a variable A with m samples flattened to (m, d):
-
-1. ``D_ij = |‖a_i‖² + ‖a_j‖² − 2 a_i·a_j|`` (the Gram-matrix trick);
-2. ``K = exp(−D / (2 σ² d))``, with d the variable's own flattened width (bandwidth σ√d);
-3. ``K̃ = K H`` with ``H = I − 11ᵀ/m`` (right-centering only: each row minus its mean);
-4. ``R = K̃ (K̃ + ε m I)⁻¹``.
-
-The statistic is ``tr(R_X R_Y) = Σ_ij R_X[i,j] R_Y[j,i]``.
-
-How this differs from the reference, and why:
-
-- Everything runs in float32 (float64 for float64 inputs) on the input's device, also under autocast.
-  The reference computes the Gram matrix in fp16 under autocast (it overflows once ‖a‖² exceeds ~32k,
-  e.g. for ViT-B latents and ImageNet pixels), then copies the kernel matrices to the CPU for the
-  centering and two inverses.
-- The centering uses ``K − mean(K) = E − mean(E)`` with ``E = expm1(−D / 2σ²d) = K − 1``. The bandwidth
-  σ√d is wide, so K ≈ 1 and ``K − mean(K)`` cancels most digits; ``expm1`` keeps them. In float32 this is
-  about 30× closer to the float64 value than the reference's ``exp``-then-``K·H`` (tests/ops/test_hsic.py).
-- ``R`` comes from one batched linear solve of both systems instead of two explicit inverses.
-  ``K̃`` and ``(K̃ + εmI)⁻¹`` commute, so ``(K̃ + εmI)⁻¹ K̃`` is the same matrix.
-- Nothing synchronises with the host. Failures are handled on the device:
-  if a kernel matrix is non-finite, or the solve reports a singular system, or the value is non-finite,
-  the function returns 0 for that call, so the step trains on the reconstruction loss alone (when the
-  non-finite values are in ``y``, the pixels, ``x`` also gets an exactly zero gradient from it).
-  That is the reference's behaviour: it returns 0 when an inverse fails, and its trainer skips a
-  non-finite or zero penalty. For finite inputs the matrices are never singular: the eigenvalues of
-  ``K̃`` are those of ``H K H``, all ≥ 0, so ``K̃ + εmI`` has eigenvalues ≥ εm > 0.
-  Non-finite *inputs* mean the model has diverged; its reconstruction loss is then non-finite too,
-  and the trainer stops at its next loss check.
+"""Normalised-CCA HSIC, MIMIR's mutual-information penalty: for variables with m samples flattened to (m, d),
+``tr(R_X R_Y)`` with ``R = K̃ (K̃ + ε m I)⁻¹``, K̃ the right-centred Gaussian kernel matrix of bandwidth σ√d.
+Everything runs on the input's device in fp32 (fp64 for fp64 inputs), with no host sync; docs/fidelity.md lists
+how the computation differs from the reference code and why.
 """
 
 from __future__ import annotations
@@ -51,7 +24,7 @@ def hsic_normalized_cca(x: torch.Tensor, y: torch.Tensor, sigma: float = 5.0, ri
 
     Returns:
         A float32 scalar (float64 for float64 inputs) on the inputs' device, differentiable with respect to
-        both inputs; 0 when the statistic is not finite (see the module docstring). Never synchronises
+        both inputs; 0 when the statistic is not finite. Never synchronises
         with the host. Half-precision inputs are upcast to float32, also under autocast.
     """
     m = x.shape[0]
@@ -64,7 +37,10 @@ def hsic_normalized_cca(x: torch.Tensor, y: torch.Tensor, sigma: float = 5.0, ri
         finite = torch.isfinite(k).all()
         k = torch.where(finite, k, torch.zeros_like(k))
         eye = torch.eye(m, device=k.device, dtype=k.dtype)
-        r, info = torch.linalg.solve_ex(k + (ridge * m) * eye, k)  # (2, m, m): (K̃ + εmI)⁻¹ K̃
+        # K̃ and (K̃ + εmI)⁻¹ commute, so one solve gives R for both variables: (2, m, m)
+        r, info = torch.linalg.solve_ex(k + (ridge * m) * eye, k)
         value = (r[0] * r[1].mT).sum()
+        # a non-finite Gram matrix, a singular system (never for finite inputs: eigenvalues >= εm) or a non-finite
+        # value gives 0 for this step, the reference's rule, decided on the device
         ok = finite & (info == 0).all() & torch.isfinite(value)
         return torch.where(ok, value, torch.zeros_like(value))

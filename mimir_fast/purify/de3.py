@@ -1,45 +1,32 @@
-"""De^3, NIM's test-time defence (``nim-maep-spec.md`` §A.2): noise, reconstruct, de-normalise, clamp, classify.
+"""De^3, NIM's test-time defence: add Gaussian noise of std γ (/255), reconstruct every patch with the NIM
+model, de-normalise each patch, clamp, classify. x (N, C, H, W) in [0, 1] -> P(x) of the same shape.
 
-``De3Purifier(nim_model, gamma)`` maps an image x (N, C, H, W) in [0, 1] to
-
-    x̃ = x + (γ/255)·ε,  ε ~ N(0, I) drawn afresh on every call (not clamped),
-    ŷ = NIM(x̃)                              (all patches encoded, every patch predicted: (N, L, p·p·C)),
-    x̂_i = ŷ_i · s_i + μ_i                   (per patch i; see ``denorm_stats``),
-    P(x) = clamp(unpatchify(x̂), 0, 1).
-
-γ is one fixed scalar (the accuracy/robustness knob), not sampled. The purifier is randomised, so attacks
-on it need EOT or AutoAttack 'rand'; ``PurifiedClassifier`` (``defended.py``) is the end-to-end model they
-attack (exact gradients through noise, NIM and classifier; the noise is additive, so it passes gradients
-straight through).
-
-``denorm_stats`` chooses where (μ_i, s_i) come from (s = sqrt(unbiased var + 1e-6), norm-pix's statistics):
-
-- ``clean``: the un-noised input x, the released behaviour (and what the published numbers presumably rest
-  on). **It gives an attacker a deterministic, noise-free gradient path**: every patch's mean and std are
-  copied straight from x into the output, past the noise and the network, and low-frequency content survives
-  untouched. Report robustness measured with it as such.
-- ``noisy``: the noisy input x̃, so nothing bypasses the noise. Its variance includes the noise's (about
-  (γ/255)² per pixel), so reconstructions come out with more contrast than x at large γ.
-- ``none``: for a NIM model trained without norm-pix (``--no-norm_pix_loss``), whose predictions are
-  already pixels.
-
-The released code adds noise and takes the statistics in ImageNet-normalised space; here both are in [0, 1]
-pixel space (the noise is equivalent; per-patch statistics over channels differ slightly from the released
-ones, which mix the per-channel normalisations).
+``denorm_stats`` says where each patch's mean and std come from: ``clean`` (the un-noised input, as released;
+it gives an attacker a noise-free gradient path), ``noisy`` (the noisy input) or ``none`` (a NIM model trained
+without norm-pix). docs/purifiers.md explains the choice.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from .defended import PurifiedClassifier  # noqa: F401  (re-exported: the defended model evaluation attacks)
-from .nim import add_noise, patch_stats
+from ..models_mae import create_model
+from ..train.checkpoint import load_checkpoint, load_model_state
+from .noise import add_noise
 
 DENORM_STATS = ("clean", "noisy", "none")
+
+
+def patch_stats(model: nn.Module, imgs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-patch mean and std ``sqrt(unbiased var + 1e-6)`` of ``imgs`` (N, C, H, W) for a
+    ``MaskedAutoencoderViT`` ``model``: two (N, L, 1) tensors, the statistics norm-pix normalises targets by."""
+    patches = model.patchify(imgs)
+    return patches.mean(dim=-1, keepdim=True), (patches.var(dim=-1, keepdim=True) + 1.0e-6) ** 0.5
 
 
 def check_gamma(gamma: float) -> None:
@@ -85,14 +72,6 @@ class De3Purifier(nn.Module):
         self.nim.eval()
         return self
 
-    def reconstruct(self, noisy: torch.Tensor) -> torch.Tensor:
-        """NIM's per-patch predictions (N, L, p·p·C) for ``noisy`` (N, C, H, W): all patches encoded in patch
-        order (no random draw), no mask tokens."""
-        n, length = noisy.shape[0], self.nim.patch_embed.num_patches
-        order = torch.arange(length, device=noisy.device, dtype=torch.float32).expand(n, length)
-        latent, _, ids_restore = self.nim.forward_encoder(noisy, 0.0, noise=order)
-        return self.nim.forward_decoder(latent, ids_restore)
-
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None,
                 sigma: torch.Tensor | float | None = None) -> torch.Tensor:
         """Purify ``x`` (N, C, H, W) in [0, 1]: returns (N, C, H, W) fp32 in [0, 1], differentiable in ``x``.
@@ -102,7 +81,7 @@ class De3Purifier(nn.Module):
         classifier's fine-tuning draws one σ per image).
         """
         noisy = add_noise(x, self.gamma if sigma is None else sigma, noise)
-        pred = self.reconstruct(noisy).float()  # (N, L, p·p·C)
+        pred = self.nim.reconstruct(noisy).float()  # (N, L, p·p·C)
         if self.denorm_stats != "none":
             mean, std = patch_stats(self.nim, x if self.denorm_stats == "clean" else noisy)
             pred = pred * std + mean
@@ -120,9 +99,6 @@ def load_de3_purifier(path: str | Path, gamma: float, denorm_stats: str = "clean
     norm-pix setting (``ConfigError``); an ``image_size`` (the classifier's input side) other than the
     checkpoint's (``ConfigError``); a checkpoint of another method (``CheckpointError``).
     """
-    from ..models_mae import create_model
-    from ..train.checkpoint import load_checkpoint, load_model_state
-
     check_gamma(gamma)
     ckpt = load_checkpoint(path)
     args = ckpt.get("args") or {}
@@ -136,3 +112,17 @@ def load_de3_purifier(path: str | Path, gamma: float, denorm_stats: str = "clean
                          norm_pix_loss=bool(args.get("norm_pix_loss", True)))
     load_model_state(model, ckpt["model"], path)
     return De3Purifier(model, gamma, denorm_stats)
+
+
+def seeded_de3(purifier: De3Purifier, gamma: float, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """De^3 at a fixed ``gamma`` as a function of a batch (N, C, H, W), with ε from a CPU generator seeded with
+    ``seed``: a fresh function repeats the same noise over the same batches, on any device, and leaves the
+    global RNG alone (no gradient)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    @torch.no_grad()
+    def purify(x: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn(x.shape, generator=generator).to(x.device)
+        return purifier(x, noise, float(gamma))
+
+    return purify

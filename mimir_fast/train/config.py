@@ -1,35 +1,35 @@
 """Run configurations: typed dataclasses, a docstring per field, range checks on creation.
 
 ``RunConfig`` holds what every training run shares (optimisation, data, checkpoints, device);
-``PretrainConfig`` adds MIMIR's objective and ``FinetuneConfig`` adversarial fine-tuning. Field names are
-the MAE/MIMIR flag names, so ``--blr 1.5e-4`` sets ``blr``; ``eps`` and ``alpha`` are in /255 units, as MIMIR's
-scripts pass them. The CLI builds its flags and their help from these classes.
+``PretrainConfig`` adds what every pretraining method shares (the autoencoder, its masking and the pretraining
+attack) and ``FinetuneConfig`` what every fine-tuning method shares (the classifier and its training attack).
+A method's own settings are its ``options`` (``mimir_fast.methods``). Field names are the MAE/MIMIR flag names,
+so ``--blr 1.5e-4`` sets ``blr``; ``eps`` and ``alpha`` are in /255 units, as MIMIR's scripts pass them.
 """
 
 from __future__ import annotations
 
-import ast
-import inspect
-from dataclasses import asdict, dataclass, fields, is_dataclass
-from functools import cache
+from dataclasses import dataclass, fields
 
-from ..errors import ConfigError
+from ..configs import Config, DataSource, Options, at_least, check, choice, in_unit_interval, positive
+from ..device import DEVICES, PRECISIONS
 
-METHODS = ("mimir", "mae", "maep", "nim")
-NIM_SIGMA_DISTS = ("gamma", "uniform", "fixed")
-MAEP_PAIR_ATTACKS = ("mae", "purifier", "none")
-FINETUNE_METHODS = ("pgd", "trades", "clean", "de3")
 DATA_KINDS = ("auto", "digits", "digits-holdout", "folder", "synthetic")
 DATA_BACKENDS = ("auto", "dali", "torch", "synthetic")
 DALI_DEVICES = ("auto", "cpu", "gpu")
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "bf16", "fp32")
 COMPILE_MODES = ("auto", "on", "cudagraphs", "off")
 OPTIMIZERS = ("adamw", "apex_fused_adam")
+RESUMABLE_CHANGES = frozenset({
+    "preset", "epochs", "output_dir", "log_dir", "resume", "auto_resume", "save_freq", "save_every_steps",
+    "print_freq", "num_workers", "data_backend", "dali_device", "device", "precision", "compile", "optimizer",
+    "max_nonfinite_steps",
+})
+"""The settings a resumed run may change (how long, where, how fast, how often it reports); every other setting
+defines the run, and auto-resume refuses a checkpoint that records another value."""
 
 
 @dataclass(kw_only=True)
-class RunConfig:
+class RunConfig(Config, DataSource):
     """What every training run needs. Create it with keywords; invalid values raise ``ConfigError``.
 
     The defaults of each config class are its ``digits`` recipe (the CPU demo)."""
@@ -113,60 +113,46 @@ class RunConfig:
     max_nonfinite_steps: int = 5
     """Updates with a NaN/inf loss or gradient are skipped; this many in a row within an epoch stop the run."""
 
-    def __post_init__(self) -> None:
-        self.validate()
+    method: str = ""
+    """The training method (see the command's --help for the list)."""
+    options: Options | None = None
+    """The method's own settings; None: its defaults (filled in when the method is created)."""
 
     def validate(self) -> None:
         """Range checks shared by every run; subclasses extend this."""
-        _choice("data", self.data, DATA_KINDS)
-        _choice("data_backend", self.data_backend, DATA_BACKENDS)
-        _choice("dali_device", self.dali_device, DALI_DEVICES)
-        _choice("device", self.device, DEVICES)
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("compile", self.compile, COMPILE_MODES)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check(self.max_nonfinite_steps >= 1, f"max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
-        _check(self.input_size >= 1 and self.patch_size >= 1, "input_size and patch_size must be positive")
-        _check(
-            self.input_size % self.patch_size == 0,
-            f"input_size {self.input_size} is not a multiple of patch_size {self.patch_size}",
-        )
-        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        _check(self.accum_iter >= 1, f"accum_iter must be >= 1, got {self.accum_iter}")
-        _check(self.global_batch_size is None or self.global_batch_size >= 1,
-               f"global_batch_size must be >= 1, got {self.global_batch_size}")
-        _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
-        _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        _check(self.blr > 0, f"blr must be > 0, got {self.blr}")
-        _check(self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr}")
-        _check(self.min_lr >= 0, f"min_lr must be >= 0, got {self.min_lr}")
-        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        _check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
-        _check(self.synthetic_size >= 1, f"synthetic_size must be >= 1, got {self.synthetic_size}")
-        _check(self.save_freq >= 1, f"save_freq must be >= 1, got {self.save_freq}")
-        _check(self.save_every_steps >= 0, f"save_every_steps must be >= 0, got {self.save_every_steps}")
-        _check(self.print_freq >= 1, f"print_freq must be >= 1, got {self.print_freq}")
-        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        choice("data", self.data, DATA_KINDS)
+        choice("data_backend", self.data_backend, DATA_BACKENDS)
+        choice("dali_device", self.dali_device, DALI_DEVICES)
+        choice("device", self.device, DEVICES)
+        choice("precision", self.precision, PRECISIONS)
+        choice("compile", self.compile, COMPILE_MODES)
+        choice("optimizer", self.optimizer, OPTIMIZERS)
+        at_least("max_nonfinite_steps", self.max_nonfinite_steps, 1)
+        check(self.input_size >= 1 and self.patch_size >= 1, "input_size and patch_size must be positive")
+        check(self.input_size % self.patch_size == 0,
+              f"input_size {self.input_size} is not a multiple of patch_size {self.patch_size}")
+        for name in ("batch_size", "accum_iter", "global_batch_size", "epochs", "save_freq", "print_freq"):
+            at_least(name, getattr(self, name), 1)
+        for name in ("warmup_epochs", "min_lr", "weight_decay", "num_workers", "save_every_steps", "seed"):
+            at_least(name, getattr(self, name), 0)
+        at_least("synthetic_size", self.synthetic_size, 1)
+        positive("blr", self.blr)
+        positive("lr", self.lr)
 
     @property
     def num_patches(self) -> int:
         return (self.input_size // self.patch_size) ** 2
 
-    @property
-    def data_kind(self) -> str:
-        """The data source after resolving ``auto``."""
-        if self.data != "auto":
-            return self.data
-        return "folder" if self.data_path else "digits"
-
     def to_dict(self) -> dict:
-        """A plain dict (what checkpoints store under ``args``)."""
-        return asdict(self)
+        """The flat dict checkpoints store under ``args`` and ``config.json`` holds: every shared field, then the
+        method's options under their flag names."""
+        flat = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "options"}
+        return {**flat, **(self.options.to_flags() if self.options is not None else {})}
 
 
 @dataclass(kw_only=True)
 class PretrainConfig(RunConfig):
-    """A MIMIR or MAE pretraining run."""
+    """What every pretraining method shares: the autoencoder, its masking and the pretraining attack."""
 
     preset: str = "digits"
     """Named recipe to start from: digits, cifar10_vit_t/_s/_b, tinyimagenet, imagenet_vit_s/_b (flags override it)."""
@@ -176,115 +162,36 @@ class PretrainConfig(RunConfig):
     """Epochs to train."""
     warmup_epochs: float = 2.0
     """Epochs of linear lr warmup from 0, then half-cosine decay to min_lr (past epochs: warmup never ends)."""
+    method: str = "mimir"
+    """The pretraining method: mimir, mae, nim or maep (their own flags are listed under each)."""
     norm_pix_loss: bool = True
-    """Normalise each target patch by its mean and unbiased variance (on in every MIMIR script)."""
+    """Normalise each target patch by its mean and unbiased variance (on in every MIMIR script; maep turns it off)."""
     mask_ratio: float = 0.75
     """Fraction of patches removed in the training forward, in [0, 1)."""
-    method: str = "mimir"
-    """mimir: MAE on PGD examples plus the HSIC penalty; mae: plain MAE (no attack, no HSIC); maep: the MAEP
-    purifier (masked x_adv -> clean x, masked MSE plus L1; needs --no-norm_pix_loss); nim: NIM (no masking, Gaussian
-    noise on every pixel, all patches reconstructed; the nim_* fields)."""
     steps: int = 1
-    """PGD steps K of the pretraining attack (MIMIR: 1)."""
+    """PGD steps K of the pretraining attack (mimir; maep's pair attack) (MIMIR: 1)."""
     eps: float = 8.0
-    """L∞ attack radius in /255 units (MIMIR: 8)."""
+    """L∞ radius of the pretraining attack in /255 units (MIMIR: 8)."""
     alpha: float = 10.0
-    """Attack step size in /255 units (MIMIR: 10)."""
+    """Step size of the pretraining attack in /255 units (MIMIR: 10)."""
     attack_mask_ratio: float = 0.75
     """Mask ratio of each attack forward; MIMIR's attack uses the forward's default 0.75."""
-    mi_xpl: float = 1e-5
-    """λ, the weight of HSIC(latent, x_adv) in the loss (MIMIR: 1e-5); 0 turns the penalty off."""
-    hsic_sigma: float = 5.0
-    """HSIC Gaussian bandwidth factor σ (MIMIR: 5)."""
-    hsic_ridge: float = 1e-5
-    """HSIC ridge ε in (K̃ + ε m I) (MIMIR: 1e-5)."""
-    maep_mask_ratio: float = 0.5
-    """maep: mask ratio of the training forward, in [0, 1) (MAEP: 0.5; mask_ratio is not used by maep)."""
-    maep_l1_weight: float = 1.0
-    """maep: weight of the L1 purification loss mean|P(x_adv) - x| (our choice; the paper's is unknown)."""
-    maep_mae_weight: float = 1.0
-    """maep: weight of the masked-patch MSE (our choice; the paper's is unknown)."""
-    maep_pair_attack: str = "mae"
-    """maep: how x_adv is made each step (our choice; the paper's is unknown): mae (PGD on the purifier's masked
-    reconstruction loss, MIMIR's attack, with eps/alpha/steps/attack_mask_ratio), purifier (PGD maximising the
-    L1 purification loss through the unmasked purifier) or none (x_adv = x)."""
-    maep_stage: str = "masked"
-    """maep: masked (stage 1: masked x_adv -> clean x, from scratch) or lora (stage 2: LoRA on the decoder's linears
-    of the maep_init model at mask ratio 0, L1 purification loss only; only the LoRA matrices train)."""
-    maep_init: str | None = None
-    """maep stage lora: the stage-1 (--maep_stage masked) checkpoint to start from (required there; a new
-    output_dir, as resuming goes by checkpoints of the lora stage)."""
-    maep_lora_rank: int = 4
-    """maep stage lora: rank r >= 1 of each decoder linear's update (alpha / r) · B A."""
-    maep_lora_alpha: float = 8.0
-    """maep stage lora: LoRA scale numerator alpha > 0; the update is scaled by alpha / rank."""
-    nim_sigma_dist: str = "gamma"
-    """nim: distribution of the per-image noise std σ (/255 units): gamma (NIM), uniform or fixed."""
-    nim_gamma_shape: float = 25.0
-    """nim: shape k of σ ~ Gamma(k, scale θ) (NIM: 25; mean kθ = 75, std sqrt(k)·θ = 15)."""
-    nim_gamma_scale: float = 3.0
-    """nim: scale θ of σ ~ Gamma(k, scale θ) (NIM: 3, i.e. rate 1/3)."""
-    nim_sigma_low: float = 0.0
-    """nim: lower end of σ ~ U(low, high) with nim_sigma_dist uniform (/255 units)."""
-    nim_sigma_high: float = 150.0
-    """nim: upper end of σ ~ U(low, high) with nim_sigma_dist uniform (/255 units; NIM's default 150)."""
-    nim_sigma: float = 75.0
-    """nim: σ with nim_sigma_dist fixed (/255 units)."""
     output_dir: str = "output_dir"
     """Where checkpoints, log.txt, TensorBoard events and the reconstruction figure go."""
 
     def validate(self) -> None:
         RunConfig.validate(self)
-        _choice("method", self.method, METHODS)
-        for name in ("mask_ratio", "attack_mask_ratio", "maep_mask_ratio"):
-            value = getattr(self, name)
-            _check(0.0 <= value < 1.0, f"{name} must be in [0, 1), got {value}")
-            _check(int(self.num_patches * (1 - value)) >= 1, f"{name} {value} keeps 0 of {self.num_patches} patches")
-        _check(self.eps >= 0, f"eps must be >= 0 (in /255 units), got {self.eps}")
-        _check(self.alpha >= 0, f"alpha must be >= 0 (in /255 units), got {self.alpha}")
-        _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
-        _check(self.mi_xpl >= 0, f"mi_xpl must be >= 0, got {self.mi_xpl}")
-        _check(self.hsic_sigma > 0, f"hsic_sigma must be > 0, got {self.hsic_sigma}")
-        _check(self.hsic_ridge > 0, f"hsic_ridge must be > 0, got {self.hsic_ridge}")
-        _choice("maep_pair_attack", self.maep_pair_attack, MAEP_PAIR_ATTACKS)
-        _choice("maep_stage", self.maep_stage, ("masked", "lora"))
-        _check(self.maep_stage == "masked" or self.method == "maep",
-               f"maep_stage lora fine-tunes a MAEP purifier: it needs --method maep, got method {self.method}")
-        _check(self.maep_stage == "masked" or self.maep_init,
-               "maep_stage lora needs --maep_init, the stage-1 (--maep_stage masked) checkpoint to start from")
-        _check(self.maep_init is None or self.maep_stage == "lora",
-               "maep_init is the starting point of --maep_stage lora; stage masked trains from scratch")
-        _check(self.maep_lora_rank >= 1, f"maep_lora_rank must be >= 1, got {self.maep_lora_rank}")
-        _check(self.maep_lora_alpha > 0, f"maep_lora_alpha must be > 0, got {self.maep_lora_alpha}")
-        _choice("nim_sigma_dist", self.nim_sigma_dist, NIM_SIGMA_DISTS)
-        _check(self.nim_gamma_shape > 0 and self.nim_gamma_scale > 0,
-               f"nim_gamma_shape and nim_gamma_scale must be > 0, got {self.nim_gamma_shape} and "
-               f"{self.nim_gamma_scale}")
-        _check(0 <= self.nim_sigma_low <= self.nim_sigma_high,
-               f"nim_sigma_low and nim_sigma_high need 0 <= low <= high, got {self.nim_sigma_low} and "
-               f"{self.nim_sigma_high}")
-        _check(self.nim_sigma >= 0, f"nim_sigma must be >= 0 (in /255 units), got {self.nim_sigma}")
-        weights = (self.maep_l1_weight, self.maep_mae_weight)
-        _check(min(weights) >= 0 and sum(weights) > 0,
-               f"maep_l1_weight and maep_mae_weight must be >= 0 and not both 0, got {self.maep_l1_weight} and "
-               f"{self.maep_mae_weight}")
-        _check(self.method != "maep" or not self.norm_pix_loss,
-               "method maep trains pixel predictions (its L1 loss compares them with the clean image): "
-               "add --no-norm_pix_loss")
-        _check(
-            not self.uses_hsic or self.batch_size >= 2,
-            f"batch_size must be >= 2 when the HSIC penalty is on (mi_xpl > 0), got {self.batch_size}",
-        )
-
-    @property
-    def uses_hsic(self) -> bool:
-        """Whether the HSIC penalty is part of the loss."""
-        return self.method == "mimir" and self.mi_xpl > 0
+        for name in ("mask_ratio", "attack_mask_ratio"):
+            in_unit_interval(name, getattr(self, name))
+            keeps_some(name, getattr(self, name), self.num_patches)
+        at_least("eps", self.eps, 0, " (in /255 units)")
+        at_least("alpha", self.alpha, 0, " (in /255 units)")
+        at_least("steps", self.steps, 1)
 
 
 @dataclass(kw_only=True)
 class FinetuneConfig(RunConfig):
-    """Adversarial fine-tuning of a classifier (MIMIR ``finetune.py``), from a pretraining checkpoint or scratch."""
+    """What every fine-tuning method shares: the classifier, its start and its training attack."""
 
     preset: str = "digits"
     """Named recipe to start from: digits, cifar10_vit_t/_s/_b, imagenet_vit_s/_b (flags override it)."""
@@ -293,31 +200,15 @@ class FinetuneConfig(RunConfig):
     num_classes: int = 10
     """Number of classes; must match the data."""
     finetune: str | None = None
-    """Pretraining checkpoint (MAE/MIMIR) whose encoder initialises the classifier; none: train from scratch."""
+    """Pretraining checkpoint (MAE/MIMIR/NIM) whose encoder initialises the classifier; none: train from scratch."""
     method: str = "pgd"
-    """pgd: Madry PGD-AT on adversarial examples only; trades: TRADES; clean: no attack; de3: NIM/De^3 (no attack;
-    train on the frozen --purifier's reconstructions of x + σε with σ ~ U(de3_sigma_low, de3_sigma_high) per image,
-    validate through De^3 at val_gamma)."""
+    """The fine-tuning method: pgd, trades, clean or de3 (their own flags are listed under each)."""
     steps: int = 2
-    """PGD steps of the training attack (MIMIR: 10 for CIFAR-10, 1 for ImageNet)."""
+    """PGD steps of the training attack (pgd, trades) (MIMIR: 10 for CIFAR-10, 1 for ImageNet)."""
     eps: float = 8.0
     """L∞ training-attack radius in /255 units."""
     alpha: float = 2.0
     """Training-attack step size in /255 units."""
-    trades_beta: float = 6.0
-    """TRADES weight of the KL term."""
-    purifier: str | None = None
-    """de3: the NIM pretraining checkpoint (mimir-fast pretrain --method nim) whose frozen model reconstructs the
-    training inputs; required with --method de3 and used by no other method."""
-    de3_sigma_low: float = 0.0
-    """de3: lower end of the per-image training noise σ ~ U(low, high), in /255 units (NIM: 0)."""
-    de3_sigma_high: float = 30.0
-    """de3: upper end of the per-image training noise σ ~ U(low, high), in /255 units (NIM: 30)."""
-    denorm_stats: str = "clean"
-    """de3: where the reconstruction's per-patch mean and std come from: clean (the un-noised input, as released),
-    noisy (the noisy input) or none (a NIM model trained without norm-pix); as eval's --denorm_stats."""
-    val_gamma: float = 70.0
-    """de3: the De^3 noise std γ (/255 units) of the per-epoch validation accuracy (NIM: 70; seeded noise)."""
     smoothing: float = 0.1
     """Label smoothing of the cross-entropy."""
     drop_path: float = 0.1
@@ -337,52 +228,16 @@ class FinetuneConfig(RunConfig):
 
     def validate(self) -> None:
         RunConfig.validate(self)
-        _choice("method", self.method, FINETUNE_METHODS)
-        _check(self.num_classes >= 2, f"num_classes must be >= 2, got {self.num_classes}")
-        _check(self.eps >= 0, f"eps must be >= 0 (in /255 units), got {self.eps}")
-        _check(self.alpha >= 0, f"alpha must be >= 0 (in /255 units), got {self.alpha}")
-        _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
-        _check(self.trades_beta >= 0, f"trades_beta must be >= 0, got {self.trades_beta}")
-        _check(0 <= self.smoothing < 1, f"smoothing must be in [0, 1), got {self.smoothing}")
-        _check(0 <= self.drop_path < 1, f"drop_path must be in [0, 1), got {self.drop_path}")
-        _check(0 < self.layer_decay <= 1, f"layer_decay must be in (0, 1], got {self.layer_decay}")
-        _check(self.head_init_std > 0, f"head_init_std must be > 0, got {self.head_init_std}")
-        _check(self.method != "de3" or bool(self.purifier),
-               "method de3 needs --purifier CHECKPOINT (from mimir-fast pretrain --method nim)")
-        _check(self.method == "de3" or not self.purifier,
-               f"--purifier is used only by --method de3 (method is {self.method})")
-        _check(0 <= self.de3_sigma_low <= self.de3_sigma_high,
-               f"de3_sigma_low and de3_sigma_high need 0 <= low <= high, got {self.de3_sigma_low} and "
-               f"{self.de3_sigma_high}")
-        _choice("denorm_stats", self.denorm_stats, ("clean", "noisy", "none"))
-        _check(0 <= self.val_gamma < float("inf"), f"val_gamma must be >= 0 (in /255 units), got {self.val_gamma}")
+        at_least("num_classes", self.num_classes, 2)
+        at_least("eps", self.eps, 0, " (in /255 units)")
+        at_least("alpha", self.alpha, 0, " (in /255 units)")
+        at_least("steps", self.steps, 1)
+        in_unit_interval("smoothing", self.smoothing)
+        in_unit_interval("drop_path", self.drop_path)
+        check(0 < self.layer_decay <= 1, f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        positive("head_init_std", self.head_init_std)
 
 
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
-
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    _check(value in choices, f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
-
-
-@cache
-def field_docs(cls: type) -> dict[str, str]:
-    """Map each field of a dataclass (inherited ones too) to the docstring written under it; the most
-    derived class's docstring wins."""
-    docs: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        if not is_dataclass(klass) or klass is object:
-            continue
-        body = ast.parse(inspect.getsource(klass)).body[0].body
-        for stmt, nxt in zip(body, body[1:]):
-            if (
-                isinstance(stmt, ast.AnnAssign)
-                and isinstance(stmt.target, ast.Name)
-                and isinstance(nxt, ast.Expr)
-                and isinstance(nxt.value, ast.Constant)
-                and isinstance(nxt.value.value, str)
-            ):
-                docs[stmt.target.id] = " ".join(nxt.value.value.split())
-    return {f.name: docs.get(f.name, "") for f in fields(cls)}
+def keeps_some(name: str, ratio: float, num_patches: int) -> None:
+    """A mask ratio must keep at least one of ``num_patches`` patches."""
+    check(int(num_patches * (1 - ratio)) >= 1, f"{name} {ratio} keeps 0 of {num_patches} patches")

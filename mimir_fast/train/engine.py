@@ -10,28 +10,87 @@ stops at the first non-finite loss).
 
 from __future__ import annotations
 
-import contextlib
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
+from ..device import autocast_context, synchronize
 from ..distributed import all_mean
 from ..errors import TrainingError
 from .compile import mark_step_begin
+from .config import RunConfig
 from .logger import Progress, RunLog
+from .midepoch import MidEpochCheckpoints
 from .nonfinite import NonFiniteGuard
 from .optim import lr_at, set_lr
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], dict]
 
 
-def autocast_context(device: torch.device, dtype: torch.dtype | None):
-    """bf16 autocast for ``dtype=torch.bfloat16``; a no-op context for fp32 (``dtype=None``)."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+class LossSums:
+    """An epoch's running loss sums on the device: ``values`` (len(keys) + 1,) holds, per loss key, the sum over
+    the steps whose loss was finite, then the number of those steps (one tensor, so that the ranks reduce it in
+    one collective and a mid-epoch checkpoint stores it as one value)."""
+
+    def __init__(self, keys: tuple[str, ...], values: torch.Tensor):
+        self.keys = keys
+        self.values = values
+
+    @classmethod
+    def zeros(cls, keys: tuple[str, ...], device: torch.device) -> LossSums:
+        return cls(keys, torch.zeros(len(keys) + 1, device=device))
+
+    @property
+    def count(self) -> torch.Tensor:
+        """() the number of finite steps summed."""
+        return self.values[-1]
+
+    def add(self, losses: dict[str, torch.Tensor]) -> None:
+        """Add one step's losses, unless its ``loss`` is non-finite (decided on the device)."""
+        step = torch.stack([losses[k].float() for k in self.keys])
+        finite = torch.isfinite(step[0])
+        self.values += torch.cat([torch.where(finite, step, 0.0), finite.float()[None]])
+
+    def reduced(self) -> LossSums:
+        """The mean of the sums over the ranks (a collective; ``self`` in a single process)."""
+        return LossSums(self.keys, all_mean(self.values))
+
+    def means(self, since: LossSums | None = None) -> dict[str, float]:
+        """Mean per key (a host read), over every step summed or only over those after ``since``."""
+        values = self.values if since is None else self.values - since.values
+        *totals, count = values.tolist()
+        return {k: v / count if count else float("nan") for k, v in zip(self.keys, totals)}
+
+    def clone(self) -> LossSums:
+        return LossSums(self.keys, self.values.clone())
+
+
+@dataclass
+class EpochContext:
+    """What every epoch of a run shares."""
+
+    model: nn.Module
+    """The module the step calls (compiled and/or wrapped by DDP or FSDP2)."""
+    optimizer: torch.optim.Optimizer
+    cfg: RunConfig
+    loss_fn: LossFn
+    """``loss_fn(model, imgs, labels)``: the step's losses (the method's ``losses``)."""
+    loss_keys: tuple[str, ...]
+    """The keys of ``loss_fn``'s result that are summed and logged; ``loss`` first."""
+    steps: int
+    """Steps per epoch."""
+    base_lr: float
+    """The peak learning rate of the schedule."""
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    """bf16 autocast, or None for fp32."""
+    run_log: RunLog | None = None
+    """``log.txt`` and TensorBoard (rank 0 only)."""
+    mid: MidEpochCheckpoints | None = None
+    """Writes ``checkpoint-mid.pth`` within epochs (``--save_every_steps``)."""
 
 
 def train_step(
@@ -64,66 +123,43 @@ def train_step(
     return {k: v.detach() for k, v in losses.items()}
 
 
-def train_one_epoch(
-    model: nn.Module,
-    batches: Iterable,
-    optimizer: torch.optim.Optimizer,
-    cfg,
-    loss_fn: LossFn,
-    loss_keys: tuple[str, ...],
-    *,
-    epoch: int,
-    steps: int,
-    base_lr: float,
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
-    run_log: RunLog | None = None,
-    start_step: int = 0,
-    sums: torch.Tensor | None = None,
-    on_step: Callable[[int, torch.Tensor], None] | None = None,
-) -> dict[str, float]:
-    """Train ``steps`` steps of epoch ``epoch``; returns the epoch's mean losses (over the steps whose loss was
-    finite), last lr, updates skipped as non-finite, img/s (without the first step), the whole epoch's time
-    and the first step's time (``first_step_s``, with compilation when the model is compiled).
+def train_one_epoch(ctx: EpochContext, batches: Iterable, epoch: int, *, start_step: int = 0,
+                    sums: torch.Tensor | None = None) -> dict[str, float]:
+    """Train ``ctx.steps`` steps of epoch ``epoch``; returns the epoch's mean losses (over the steps whose loss
+    was finite), last lr, updates skipped as non-finite, img/s (over the steps trained here, without the first),
+    the epoch's time and the first step's time (``first_step_s``, with compilation when the model is compiled).
 
-    Mid-epoch resume: ``batches`` then starts at batch ``start_step`` of the epoch, and ``sums`` (len(loss_keys)
-    + 1,) carries the loss sums of the steps before it. ``on_step(done, sums)`` is called after every update
-    (``done`` steps of the epoch finished; ``sums`` the running device sums), e.g. to write a mid-epoch
-    checkpoint; it must not read device values unless it acts.
+    Mid-epoch resume: ``batches`` then starts at batch ``start_step`` of the epoch, and ``sums`` (the saved
+    ``LossSums.values``) carries the loss sums of the steps before it.
     """
+    cfg, device, model, optimizer = ctx.cfg, ctx.device, ctx.model, ctx.optimizer
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    progress = Progress(epoch, cfg.epochs, steps)
+    progress = Progress(epoch, cfg.epochs, ctx.steps, cfg.batch_size, start_step=start_step)
     guard = NonFiniteGuard(optimizer, device)
-    # finite steps' losses, then their count
-    sums = torch.zeros(len(loss_keys) + 1, device=device) if sums is None else sums.to(device).clone()
-    logged_sums = sums.clone()  # at the previous print point
+    running = LossSums(ctx.loss_keys, sums.to(device).clone()) if sums is not None else LossSums.zeros(
+        ctx.loss_keys, device)
+    logged = running.clone()  # at the previous print point
     lr = 0.0
     start = time.perf_counter()
     first_step_s = 0.0
     done = start_step
     for it, (imgs, labels) in enumerate(batches, start=start_step):
         if it % cfg.accum_iter == 0:
-            lr = lr_at(
-                epoch + it / steps, lr=base_lr, min_lr=cfg.min_lr, warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs
-            )
+            lr = lr_at(epoch + it / ctx.steps, lr=ctx.base_lr, min_lr=cfg.min_lr, warmup_epochs=cfg.warmup_epochs,
+                       epochs=cfg.epochs)
             set_lr(optimizer, lr)
         imgs, labels = imgs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        losses = train_step(model, imgs, labels, optimizer, loss_fn, amp_dtype, cfg.accum_iter,
-                            update=(it + 1) % cfg.accum_iter == 0, guard=guard)
-        values = torch.stack([losses[k].float() for k in loss_keys])
-        finite = torch.isfinite(values[0])
-        sums += torch.cat([torch.where(finite, values, 0.0), finite.float()[None]])
+        update = (it + 1) % cfg.accum_iter == 0
+        running.add(train_step(model, imgs, labels, optimizer, ctx.loss_fn, ctx.amp_dtype, cfg.accum_iter,
+                               update=update, guard=guard))
         done = it + 1
         if done == start_step + 1:  # timed on its own: it includes compilation (one sync per epoch)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            synchronize(device)
             first_step_s = time.perf_counter() - start
 
-        if done % cfg.print_freq == 0 or done == steps:  # the only host reads of the epoch
-            synced = all_mean(sums)  # over the ranks: every rank logs, and stops, alike
-            *totals, count = synced.tolist()
-            means = {k: v / count if count else float("nan") for k, v in zip(loss_keys, totals)}
+        if done % cfg.print_freq == 0 or done == ctx.steps:  # the only host reads of the epoch
+            synced = running.reduced()  # over the ranks: every rank logs, and stops, alike
             skipped, longest = guard.read()
             if longest >= cfg.max_nonfinite_steps:
                 raise TrainingError(
@@ -131,20 +167,16 @@ def train_one_epoch(
                     f"{cfg.max_nonfinite_steps}) in epoch {epoch} by step {done}; stopping (checkpoints already "
                     "written are intact)"
                 )
-            progress.update(done, done * cfg.batch_size, {**means, **({"skipped": skipped} if skipped else {})}, lr)
-            if run_log is not None:  # TensorBoard gets the mean over the steps since the last print point
-                *window, n = (synced - logged_sums).tolist()
-                if n:
-                    run_log.scalars({**dict(zip(loss_keys, (v / n for v in window))), "lr": lr},
-                                    int((epoch + (done - 1) / steps) * 1000))
-            logged_sums = synced.clone()
-        if on_step is not None and (it + 1) % cfg.accum_iter == 0:
-            on_step(done, sums)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+            progress.update(done, {**synced.means(), **({"skipped": skipped} if skipped else {})}, lr)
+            if ctx.run_log is not None and float(synced.count - logged.count):  # TensorBoard: since the last print
+                ctx.run_log.scalars({**synced.means(since=logged), "lr": lr},
+                                    int((epoch + (done - 1) / ctx.steps) * 1000))
+            logged = synced.clone()
+        if ctx.mid is not None and update:
+            ctx.mid.after_update(epoch, done, running.values)
+    synchronize(device)
     elapsed = time.perf_counter() - start
-    *totals, count = all_mean(sums).tolist()
-    means = {k: v / count if count else float("nan") for k, v in zip(loss_keys, totals)}
+    means = running.reduced().means()
     trained = done - start_step
     rate = (trained - 1) * cfg.batch_size / (elapsed - first_step_s) if trained > 1 else (
         trained * cfg.batch_size / elapsed)

@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
+from ..distributed import DistEnv, gather
 from ..errors import CheckpointError
+from .checkpoint import save_checkpoint
 
 MID_NAME = "checkpoint-mid.pth"
 
@@ -68,3 +71,33 @@ def check_mid(ckpt: dict, path: Path, world_size: int, steps: int) -> None:
     if not 0 < int(ckpt["step"]) < steps:
         raise CheckpointError(f"mid-epoch checkpoint {path} is at step {ckpt['step']}, outside this run's epoch of "
                               f"{steps} steps (was the batch size or the data changed?)")
+
+
+class MidEpochCheckpoints:
+    """Writes ``checkpoint-mid.pth`` after every ``every``-th update of an epoch (never after its last step,
+    which the per-epoch checkpoint covers).
+
+    Args:
+        every: updates between writes; 0 turns it off.
+        steps: steps per epoch.
+        output_dir: where the file goes (rank 0 writes it).
+        env: this process's place; every rank must call ``after_update`` (it gathers the ranks' RNG states).
+        device: the training device (its RNG state is saved too).
+        training_state: ``epoch -> dict``, the checkpoint's model, optimizer, epoch and args (a collective
+            under FSDP2).
+    """
+
+    def __init__(self, every: int, steps: int, output_dir: Path, env: DistEnv, device: torch.device,
+                 training_state: Callable[[int], dict]):
+        self.every, self.steps, self.output_dir = every, steps, Path(output_dir)
+        self.env, self.device, self.training_state = env, device, training_state
+
+    def after_update(self, epoch: int, done: int, sums: torch.Tensor) -> None:
+        """Called after every update: ``done`` steps of ``epoch`` finished, ``sums`` the epoch's running loss sums
+        (device). Reads nothing from the device unless it writes."""
+        if not self.every or done % self.every or done >= self.steps:
+            return
+        ranks = gather({"rng": capture_rng(self.device), "sums": sums.cpu()}, self.env)  # a collective
+        state = {**self.training_state(epoch), "step": done, "ranks": ranks}
+        if self.env.is_main:
+            save_checkpoint(state, mid_path(self.output_dir))

@@ -17,11 +17,9 @@ uses PGD-2 at ε = 8/255 with step 2/255 for 10 epochs.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Callable
 
-from ..errors import ConfigError
-from .config import FinetuneConfig, PretrainConfig, RunConfig
+from .config import FinetuneConfig, PretrainConfig
 
 
 def digits() -> PretrainConfig:
@@ -106,20 +104,3 @@ FINETUNE_PRESETS: dict[str, Callable[[], FinetuneConfig]] = {
     "imagenet_vit_s": lambda: _imagenet_ft("imagenet_vit_s", "vit_small"),
     "imagenet_vit_b": lambda: _imagenet_ft("imagenet_vit_b", "vit_base"),
 }
-
-
-def build_config(preset: str = "digits", registry: dict[str, Callable[[], RunConfig]] | None = None,
-                 **overrides) -> RunConfig:
-    """The preset's config (from ``registry``, pretraining by default) with ``overrides`` applied and validated."""
-    registry = PRESETS if registry is None else registry
-    if preset not in registry:
-        raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(registry)}")
-    try:
-        return replace(registry[preset](), **overrides)
-    except TypeError as e:  # an unknown field name
-        raise ConfigError(str(e)) from None
-
-
-def build_finetune_config(preset: str = "digits", **overrides) -> FinetuneConfig:
-    """A fine-tuning preset with ``overrides``."""
-    return build_config(preset, FINETUNE_PRESETS, **overrides)

@@ -25,19 +25,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from ..data import build_train_dataset, steps_per_epoch, train_loader
+from ..device import autocast_dtype, resolve_device
 from ..distributed import (
     DistEnv,
     abort_distributed,
     finish_distributed,
-    gather,
     init_distributed,
     local_device,
     quiet_unless_main,
 )
 from ..errors import CheckpointError, ConfigError
+from ..outputs import writable_dir
 from .checkpoint import (
     CHECKPOINT_RE,
     checkpoint_path,
@@ -47,10 +47,11 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .compile import compile_model, resolve_compile
-from .config import RunConfig
-from .engine import train_one_epoch
+from .config import RESUMABLE_CHANGES
+from .engine import EpochContext, train_one_epoch
 from .logger import RunLog
-from .midepoch import capture_rng, check_mid, mid_path, restore_rng
+from .method import Method
+from .midepoch import MidEpochCheckpoints, check_mid, mid_path, restore_rng
 from .optim import build_optimizer
 from .parallel import (
     full_model_state,
@@ -61,44 +62,6 @@ from .parallel import (
     unwrap,
     wrap_model,
 )
-
-
-class Task:
-    """What a kind of run adds to the shared loop. Subclasses set ``kind`` and ``loss_keys``."""
-
-    kind: str = ""
-    """Recorded in checkpoints as ``args['task']``."""
-    loss_keys: tuple[str, ...] = ("loss",)
-    """The keys ``losses`` returns; ``loss`` is backpropagated."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW betas."""
-
-    def train_transform(self, cfg: RunConfig):
-        raise NotImplementedError
-
-    def build_model(self, cfg: RunConfig, dataset) -> nn.Module:
-        raise NotImplementedError
-
-    def param_groups(self, model: nn.Module, cfg: RunConfig) -> list[dict]:
-        raise NotImplementedError
-
-    def losses(self, model: nn.Module, imgs: torch.Tensor, labels: torch.Tensor, cfg: RunConfig) -> dict:
-        """The step's losses (device tensors; ``loss`` is backpropagated, the rest detached)."""
-        raise NotImplementedError
-
-    def check_resume(self, ckpt: dict, path: Path, cfg: RunConfig) -> None:
-        """Raise ``CheckpointError`` if ``ckpt`` is not a checkpoint this task can resume."""
-
-    def initialise(self, model: nn.Module, cfg: RunConfig) -> None:
-        """Set the starting weights of a fresh (not resumed) run."""
-
-    def after_epoch(self, model: nn.Module, cfg: RunConfig, device: torch.device) -> dict:
-        """Metrics to log after each epoch (e.g. validation accuracy)."""
-        return {}
-
-    def after_run(self, model: nn.Module, cfg: RunConfig, output_dir: Path, device: torch.device) -> dict:
-        """Artifacts to write at the end (e.g. a figure); returns what to report."""
-        return {}
 
 
 @dataclass
@@ -128,22 +91,6 @@ class RunSummary:
         return f"done: final loss {loss}{acc} | {rate} img/s | checkpoint {self.checkpoint}"
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available; asking for CUDA without one is a ``ConfigError``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was requested but no CUDA device is available")
-    return torch.device(name)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA by default, fp32 (None) on the CPU."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return torch.bfloat16 if precision == "bf16" else None
-
-
 def epoch_seed(seed: int, rank: int, epoch: int) -> int:
     """A well-mixed 32-bit seed for one (seed, rank, epoch)."""
     return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
@@ -168,39 +115,95 @@ def _auto_resume(output_dir: Path) -> tuple[Path | None, dict | None]:
     return newest, None
 
 
-def _resume(task: Task, cfg: RunConfig, model, output_dir: Path) -> tuple[int, Path | None, dict | None, dict | None]:
-    """Load the resumed weights into the unwrapped ``model`` (or initialise it); returns the start epoch, the
-    checkpoint, its optimizer state (None when there is none to load) and, for a mid-epoch checkpoint, its
-    ``{"step", "ranks"}`` (None otherwise)."""
-    path, ckpt = (Path(cfg.resume), None) if cfg.resume else (
-        _auto_resume(output_dir) if cfg.auto_resume else (None, None))
+@dataclass
+class Resumed:
+    """Where a run starts."""
+
+    start_epoch: int = 0
+    path: Path | None = None
+    """The checkpoint resumed (None: a fresh run)."""
+    optimizer_state: dict | None = None
+    """Its optimizer state (None: nothing to load)."""
+    mid: dict | None = None
+    """For a mid-epoch checkpoint, its ``{"step", "ranks"}``."""
+    changed: list[str] = field(default_factory=list)
+    """Settings that differ from the checkpoint's record (``name old -> new``); only an explicit ``--resume`` may
+    change those that define the run."""
+
+
+def _checkpoint_to_resume(cfg) -> tuple[Path | None, dict | None]:
+    """The checkpoint ``cfg`` resumes (``--resume`` a file or a folder's newest, else auto-resume), and the loaded
+    checkpoint when it was read to decide."""
+    if cfg.resume:
+        path = Path(cfg.resume)
+        if not path.is_dir():
+            return path, None
+        found = _auto_resume(path)
+        if found[0] is None:
+            raise CheckpointError(f"--resume {path} is a folder with no checkpoint-*.pth in it")
+        return found
+    return _auto_resume(Path(cfg.output_dir)) if cfg.auto_resume else (None, None)
+
+
+def changed_settings(saved: dict, now: dict) -> list[str]:
+    """The fields of ``now`` whose value differs from ``saved`` (a checkpoint's ``args``), as ``name old -> new``;
+    fields in ``RESUMABLE_CHANGES`` and fields ``saved`` does not record are not compared."""
+    return [f"{k} {saved[k]!r} -> {v!r}" for k, v in now.items()
+            if k not in RESUMABLE_CHANGES and k in saved and saved[k] != v]
+
+
+def _resume(method: Method, model) -> Resumed:
+    """Load the resumed weights into the unwrapped ``model``, or initialise it for a fresh run."""
+    cfg = method.cfg
+    path, ckpt = _checkpoint_to_resume(cfg)
     if path is None:
-        task.initialise(model, cfg)
-        return 0, None, None, None
+        method.initialise(model)
+        return Resumed()
     ckpt = ckpt if ckpt is not None else load_checkpoint(path)
-    task.check_resume(ckpt, path, cfg)
-    saved_model = (ckpt.get("args") or {}).get("model")
-    if saved_model and saved_model != cfg.model:
-        raise CheckpointError(f"checkpoint {path} was trained with model {saved_model!r}, but --model is {cfg.model!r}")
+    method.check_resume(ckpt, path)
+    saved = ckpt.get("args") or {}
+    if saved.get("model") and saved["model"] != cfg.model:
+        raise CheckpointError(f"checkpoint {path} was trained with model {saved['model']!r}, but --model is "
+                              f"{cfg.model!r}")
+    changed = changed_settings(saved, {**cfg.to_dict(), "task": method.task})
+    if changed and not cfg.resume:
+        raise ConfigError(f"{cfg.output_dir} holds a run with other settings ({'; '.join(changed)}): give a new "
+                          "--output_dir, or --no-auto_resume to start over there, or --resume it on purpose")
+    if changed:
+        print(f"resuming {path} with changed settings: {'; '.join(changed)}")
     load_model_state(model, ckpt["model"], path)
     if "optimizer" not in ckpt or "epoch" not in ckpt:
         print(f"loaded weights from {path} (it has no optimizer state: starting at epoch 0)")
-        return 0, path, None, None
+        return Resumed(0, path, changed=changed)
     if "step" in ckpt:  # mid-epoch (midepoch.py): go on inside that epoch
-        print(f"resumed from {path} (epoch {ckpt['epoch']}, after step {ckpt['step']})")
-        return int(ckpt["epoch"]), path, ckpt["optimizer"], {"step": int(ckpt["step"]), "ranks": ckpt.get("ranks")}
-    print(f"resumed from {path} (epoch {ckpt['epoch']})")
-    return int(ckpt["epoch"]) + 1, path, ckpt["optimizer"], None
+        print(f"resumed from {path} (epoch {ckpt['epoch'] + 1}, after step {ckpt['step']})")
+        return Resumed(int(ckpt["epoch"]), path, ckpt["optimizer"],
+                       {"step": int(ckpt["step"]), "ranks": ckpt.get("ranks")}, changed)
+    print(f"resumed from {path} (epoch {ckpt['epoch'] + 1} done)")
+    return Resumed(int(ckpt["epoch"]) + 1, path, ckpt["optimizer"], None, changed)
 
 
-def _training_state(model, optimizer, epoch: int, args: dict) -> dict:
-    """A checkpoint's contents in MAE's layout: full, unwrapped states (gathered under FSDP2: a collective)."""
+def _write_config(output_dir: Path, args: dict, resumed: Resumed) -> None:
+    """``config.json``: the settings of the run in ``output_dir`` as started. A resumed run leaves it as it is;
+    one resumed with changed settings records them in ``config-resumed-<epoch>.json`` beside it."""
+    text = json.dumps(args, indent=2) + "\n"
+    first = output_dir / "config.json"
+    if resumed.path is None or not first.exists():
+        first.write_text(text)
+    elif resumed.changed:
+        (output_dir / f"config-resumed-{resumed.start_epoch}.json").write_text(text)
+
+
+def _training_state(model, optimizer, epoch: int, args: dict, extras: dict) -> dict:
+    """A checkpoint's contents in MAE's layout (full, unwrapped states, gathered under FSDP2: a collective), plus
+    the method's ``extras``."""
     return {
         "model": full_model_state(model),
         "optimizer": full_optimizer_state(model, optimizer),
         "epoch": epoch,
         "scaler": {},  # bf16 needs no GradScaler; {} is what a disabled GradScaler saves
         "args": args,
+        **extras,
     }
 
 
@@ -214,16 +217,18 @@ def _load_optimizer(model, optimizer, state: dict, path: Path) -> None:
         group["fused"] = optimizer.defaults.get("fused")
 
 
-def run(task: Task, cfg: RunConfig) -> RunSummary:
-    """Train ``cfg`` with ``task`` and return the summary (see the module docstring for reproducibility).
+def run(method: Method) -> RunSummary:
+    """Train ``method.cfg`` with ``method`` and return the summary (see the module docstring for
+    reproducibility).
 
     Launched by torchrun (or srun), it joins the process group (leaving it at the end if it joined it)."""
-    device = resolve_device(cfg.device)
+    device = resolve_device(method.cfg.device)
     owns_group = not dist.is_initialized()
     env = init_distributed(device)
     try:
         with quiet_unless_main(env):
-            summary = _run(task, per_rank_config(cfg, env.world_size), env, local_device(device, env))
+            method.cfg = per_rank_config(method.cfg, env.world_size)
+            summary = _run(method, env, local_device(device, env))
     except BaseException:
         if owns_group:
             abort_distributed()
@@ -233,42 +238,55 @@ def run(task: Task, cfg: RunConfig) -> RunSummary:
     return summary
 
 
-def _run(task: Task, cfg: RunConfig, env: DistEnv, device: torch.device) -> RunSummary:
+def _run(method: Method, env: DistEnv, device: torch.device) -> RunSummary:
+    cfg = method.cfg
     rank, world_size = env.rank, env.world_size
     amp_dtype = autocast_dtype(cfg.precision, device)
     output_dir = Path(cfg.output_dir)
-    if env.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
+    if env.is_main:  # before any work: a run that cannot save stops now
+        writable_dir(output_dir, "--output_dir")
+        if cfg.log_dir:
+            writable_dir(cfg.log_dir, "--log_dir")
 
-    dataset = build_train_dataset(cfg, task.train_transform(cfg), world_size)
+    dataset = build_train_dataset(cfg, method.train_transform(), world_size)
     steps = steps_per_epoch(cfg, dataset, world_size)
 
     seed_everything(cfg.seed)  # the same initial weights on every rank (FSDP2 does not broadcast them)
-    model = task.build_model(cfg, dataset).to(device)
+    model = method.build_model(dataset).to(device)
     eff_batch = cfg.batch_size * cfg.accum_iter * world_size
     lr = cfg.lr if cfg.lr is not None else cfg.blr * eff_batch / 256
-    print(f"{task.kind}: model {cfg.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) "
-          f"on {device}, {'bf16 autocast' if amp_dtype else 'fp32'}, method {getattr(cfg, 'method', '-')}")
+    print(f"{method.task}: method {method.name}, model {cfg.model} "
+          f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) on {device}, "
+          f"{'bf16 autocast' if amp_dtype else 'fp32'}")
     print(f"effective batch size: {eff_batch} ({cfg.batch_size} x {cfg.accum_iter} accum x {world_size} processes)")
     print(f"lr: {lr:.3e} (base lr {lr * 256 / eff_batch:.3e}), {steps} steps per epoch")
 
-    start_epoch, last_ckpt, optimizer_state, mid = _resume(task, cfg, model, output_dir)
+    resumed = _resume(method, model)
+    start_epoch, last_ckpt, optimizer_state, mid = (resumed.start_epoch, resumed.path, resumed.optimizer_state,
+                                                    resumed.mid)
     if mid is not None:
         check_mid(mid, last_ckpt, world_size, steps)
     model = wrap_model(model, env, device, cfg.fsdp)  # DDP (or FSDP2) under torchrun; checkpoints save unwrap(model)
-    optimizer = build_optimizer(task.param_groups(unwrap(model), cfg), lr, task.betas, device, cfg.optimizer)
+    optimizer = build_optimizer(method.param_groups(unwrap(model)), lr, method.betas, device, cfg.optimizer)
     if optimizer_state is not None:
         _load_optimizer(model, optimizer, optimizer_state, last_ckpt)
     compile_mode = resolve_compile(cfg.compile, device)
     step_model = compile_model(model, compile_mode)  # shares the parameters; checkpoints save ``model``
-    args = {**cfg.to_dict(), "task": task.kind}
+    args = {**cfg.to_dict(), "task": method.task}
     if env.is_main:
-        (output_dir / "config.json").write_text(json.dumps(args, indent=2) + "\n")
+        _write_config(output_dir, args, resumed)
 
-    def loss_fn(m, imgs, labels):
-        return task.losses(m, imgs, labels, cfg)
+    def training_state(epoch: int) -> dict:
+        return _training_state(model, optimizer, epoch, args, method.checkpoint_extras())
 
     run_log = RunLog(output_dir, Path(cfg.log_dir) if cfg.log_dir else output_dir) if env.is_main else None
+    if run_log is not None:
+        run_log.forget_from(start_epoch)  # rows of epochs after the checkpoint belong to an abandoned continuation
+    ctx = EpochContext(
+        model=step_model, optimizer=optimizer, cfg=cfg, loss_fn=method.losses, loss_keys=method.loss_keys,
+        steps=steps, base_lr=lr, device=device, amp_dtype=amp_dtype, run_log=run_log,
+        mid=MidEpochCheckpoints(cfg.save_every_steps, steps, output_dir, env, device, training_state),
+    )
     stats: dict = {}
     val: dict = {}
     images = seconds = 0.0
@@ -283,27 +301,15 @@ def _run(task: Task, cfg: RunConfig, env: DistEnv, device: torch.device) -> RunS
                                    world_size=world_size, order=order, start_step=start_step)
             if resumed is not None:  # the RNG states at the saved step (midepoch.py)
                 restore_rng(resumed["rng"], device)
-
-            def save_mid(done: int, sums: torch.Tensor, epoch: int = epoch) -> None:
-                if not cfg.save_every_steps or done % cfg.save_every_steps or done >= steps:
-                    return
-                ranks = gather({"rng": capture_rng(device), "sums": sums.cpu()}, env)  # a collective
-                state = {**_training_state(model, optimizer, epoch, args), "step": done, "ranks": ranks}
-                if env.is_main:
-                    save_checkpoint(state, mid_path(output_dir))
-
-            stats = train_one_epoch(
-                step_model, batches, optimizer, cfg, loss_fn, task.loss_keys, epoch=epoch, steps=steps, base_lr=lr,
-                device=device, amp_dtype=amp_dtype, run_log=run_log, start_step=start_step,
-                sums=resumed["sums"] if resumed is not None else None, on_step=save_mid,
-            )
-            val = task.after_epoch(unwrap(model), cfg, device)  # on every rank: FSDP2's forward is a collective
+            stats = train_one_epoch(ctx, batches, epoch, start_step=start_step,
+                                    sums=resumed["sums"] if resumed is not None else None)
+            val = method.after_epoch(unwrap(model), device)  # on every rank: FSDP2's forward is a collective
             images += (steps - start_step) * cfg.batch_size * world_size
             seconds += (steps - start_step) * cfg.batch_size / stats["img_per_sec"]  # without the first step
             if compile_mode != "off" and epoch == start_epoch:
                 print(f"compile: {stats['first_step_s']:.1f} s (the first step, with compilation; {compile_mode})")
             if epoch % cfg.save_freq == 0 or epoch + 1 == cfg.epochs:
-                state = _training_state(model, optimizer, epoch, args)
+                state = training_state(epoch)
                 last_ckpt = checkpoint_path(output_dir, epoch)
                 if env.is_main:
                     save_checkpoint(state, last_ckpt)
@@ -317,15 +323,15 @@ def _run(task: Task, cfg: RunConfig, env: DistEnv, device: torch.device) -> RunS
     if start_epoch >= cfg.epochs:
         print(f"{last_ckpt} already completed {cfg.epochs} epochs: nothing left to train")
 
-    extras = {**{k: v for k, v in stats.items() if k not in task.loss_keys}, "val": val}
+    extras = {**{k: v for k, v in stats.items() if k not in method.loss_keys}, "val": val}
     final = unwrap(model)
     if is_fsdp(model):  # the end-of-run artifacts come from an unsharded copy on rank 0
         state = full_model_state(model)
         if env.is_main:
-            final = task.build_model(cfg, dataset).to(device)
+            final = method.build_model(dataset).to(device)
             final.load_state_dict(state)
     if env.is_main:
-        extras.update(task.after_run(final, cfg, output_dir, device))
+        extras.update(method.after_run(final, output_dir, device))
     return RunSummary(
         final_loss=stats.get("loss"),
         img_per_sec=images / seconds if seconds else None,
