@@ -179,9 +179,11 @@ def _drive_patch_embed_visible(k, inputs: tuple, need: tuple) -> None:
 def _drive_decoder_unshuffle(k, inputs: tuple, need: tuple) -> None:
     x, mask_token, ids_restore, pos = inputs
     y = k.decoder_unshuffle_fwd(x, mask_token, ids_restore, pos)
+    dtypes = (x.dtype, mask_token.dtype, pos.dtype)
     if need[0] or need[1] or need[3]:
-        k.decoder_unshuffle_bwd(torch.randn_like(y), ids_restore, x.shape[1] - 1, x.dtype, mask_token.dtype,
-                                pos.dtype, need[0], need[1], need[3])
+        k.decoder_unshuffle_bwd(torch.randn_like(y), ids_restore, x.shape[1] - 1, *dtypes, need[0], need[1], need[3])
+    if not need[3]:  # and with a learned positional embedding, which the benchmark's frozen one does not need
+        k.decoder_unshuffle_bwd(torch.randn_like(y), ids_restore, x.shape[1] - 1, *dtypes, True, True, True)
 
 
 def _drive_masked_mse_loss(k, inputs: tuple, need: tuple) -> None:
