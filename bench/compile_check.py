@@ -497,8 +497,9 @@ def table(records: list[dict]) -> str:
 
 
 def collect(ops=OPS, dtypes=tuple(DTYPES), shapes: list[str] | None = None, fp32_alt: bool = True,
-            progress: bool = True) -> tuple[list[dict], list[dict]]:
-    """Record, specialise and compile every variant: (records, launcher errors), as described in the module."""
+            progress: bool = True, jobs: int | None = None) -> tuple[list[dict], list[dict]]:
+    """Record, specialise and compile every variant: (records, launcher errors), as described in the module.
+    ``jobs``: compile processes (default: one per CPU)."""
     from triton import knobs
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
@@ -538,15 +539,26 @@ def collect(ops=OPS, dtypes=tuple(DTYPES), shapes: list[str] | None = None, fp32
                         if len(var.grids) < 4 and launch.grid not in var.grids:
                             var.grids.append(launch.grid)
 
-    # 2. compile each variant
+    # 2. compile each variant, in `jobs` processes (each compiles with its own cache folder)
     records = []
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(variants)))
+    work = [(var.kernel.fn.__module__, var.kernel.fn.__name__, var.signature, var.constexprs, var.attrs,
+             var.options) for var in variants.values()]
     try:
-        for i, var in enumerate(variants.values(), 1):
+        if jobs == 1:
+            results = map(_compile_job, work)
+        else:
+            import concurrent.futures
+            import multiprocessing
+
+            pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                          initializer=_worker_init, initargs=(sys.path,))
+            results = pool.map(_compile_job, work)
+        for i, (var, result) in enumerate(zip(variants.values(), results), 1):
             name = var.kernel.fn.__name__
             if progress:
                 print(f"[{i}/{len(variants)}] {name} {_named_constexprs(var.kernel, var.constexprs)}",
                       file=sys.stderr, flush=True)
-            result = compile_variant(var.kernel, var.signature, var.constexprs, var.attrs, var.options, target)
             records.append(_jsonable({
                 "kernel": name,
                 "module": var.kernel.fn.__module__,
@@ -562,9 +574,28 @@ def collect(ops=OPS, dtypes=tuple(DTYPES), shapes: list[str] | None = None, fp32
                 **result,
             }))
     finally:
+        if jobs > 1:
+            pool.shutdown()
         knobs.cache.dir = old_cache
         tmp_cache.cleanup()
     return records, launcher_errors
+
+
+def _worker_init(path: list[str]) -> None:
+    """A compile worker: the parent's import path, a fresh Triton cache (every variant compiled for real)."""
+    from triton import knobs
+
+    sys.path[:] = path
+    knobs.cache.dir = tempfile.mkdtemp(prefix="compile_check_cache_")
+
+
+def _compile_job(job: tuple) -> dict:
+    """``compile_variant`` for (module, kernel name, signature, constexprs, attrs, options)."""
+    from triton.backends.compiler import GPUTarget
+
+    module, name, signature, constexprs, attrs, options = job
+    kernel = getattr(importlib.import_module(module), name)
+    return compile_variant(kernel, signature, constexprs, attrs, options, GPUTarget(*TARGET))
 
 
 def summary(records: list[dict], launcher_errors: list[dict]) -> dict:
@@ -608,13 +639,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="JSON file, or a folder for the default file name "
                         "(default: bench/results/compile-check_sm90_<yyyymmdd>_<shortsha>.json)")
     parser.add_argument("--quiet", action="store_true", help="no per-variant progress on stderr")
+    parser.add_argument("--jobs", type=int, default=None, help="compile processes (default: one per CPU)")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
 
     import triton
 
     records, launcher_errors = collect(args.ops, args.dtypes, args.shapes, not args.no_fp32_alt,
-                                       progress=not args.quiet)
+                                       progress=not args.quiet, jobs=args.jobs)
     doc = document(records, launcher_errors, argv)
     print(table(records))
     summ = doc["summary"]
