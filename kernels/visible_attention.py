@@ -68,10 +68,10 @@ def _blocks(t: int, bd: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
     registers and 672 B of spills. Both shrink to the next power of two ≥ 16 of a short sequence. (ptxas, sm_90,
     bench/compile_check.py.) The forward and dQ kernels keep BM queries resident and stream keys; the dK/dV
     kernel keeps BN keys resident and streams queries."""
+    if dtype == torch.float32 and bd > 64:
+        return min(16, _utils.next_pow2(t)), min(16, _utils.next_pow2(t)), 4, 1
     if dtype == torch.float32:
-        block = 16 if bd > 64 else 32
-        return min(block, _utils.next_pow2(t)), min(block, _utils.next_pow2(t)), 4 if bd > 64 else 8, \
-            1 if bd > 64 else 2
+        return min(32, _utils.next_pow2(t)), min(32, _utils.next_pow2(t)), 8, 2
     bm = min(64, _utils.next_pow2(t))
     bn = min(64 if bd <= 64 else 32, _utils.next_pow2(t))
     return bm, bn, 4, 2
