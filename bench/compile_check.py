@@ -24,7 +24,12 @@ What it does, per op in ``kernels/`` and per non-"tiny" shape of ``bench/specs/<
    ``metadata.shared``, its dynamic allocation, plus any static smem ptxas reports), and an estimated
    occupancy (resident warps of 64 per SM, limited by 64 K registers, 228 KiB shared memory per SM and 1 KiB
    reserved per block) with the limiting resource. A variant needing more than 227 KiB of shared memory per
-   block is flagged: it compiles but would fail to launch (``OutOfResources``).
+   block is flagged: it compiles but would fail to launch (``OutOfResources``). From the compiler's own output:
+   ``dot_inputs``, what each ``tl.dot`` multiplies (``fp16``, ``bf16``, or fp32 operands as ``tf32``,
+   ``tf32x3`` or ``ieee``; read from the TTIR), ``tensor_core``, the instructions they lower to (``wgmma``,
+   ``mma`` or ``none``; read from the PTX), and ``float_args_in_fma``, the float scalar arguments that a PTX
+   ``fma`` takes as a factor (attention's ``sm_scale`` must not be one: its product is rounded before the row
+   maximum is subtracted, in the forward and the backward alike).
 
 It also scans ``kernels/*.py`` for the ``tl.*`` names and keyword arguments the kernels use and checks that the
 running Triton has them. Everything here runs under whichever Triton is imported, so the GPU machine's version
@@ -33,13 +38,14 @@ running Triton has them. Everything here runs under whichever Triton is imported
     pip download triton==3.6.0 --no-deps -d /tmp/tri36 && unzip -q /tmp/tri36/triton-*.whl -d /tmp/tri36/site
     PYTHONPATH=/tmp/tri36/site python -m bench.compile_check --out bench/results/compile-check_sm90-triton3.6.json
 
-(the wheel bundles its own ptxas; the JSON records ``env.triton`` and ``triton_path``).
+(the wheel bundles its own ptxas; the JSON records the version as ``env.triton``).
 
 Results: a table on stdout and a JSON document (schema ``mimir_fast.bench/1``, suite ``compile-check``) with the
-environment (``bench.harness.environment``), the API scan and one record per variant (kernel, constexprs,
-signature, options, grid examples, the (op, shape, dtype) uses, status, resources, ptxas log). Default path:
-``bench/results/compile-check_sm90_<yyyymmdd>_<shortsha>.json``. A variant that fails to compile is recorded
-with its error; the exit status is 1 when any variant failed (or an op's launchers raised), else 0.
+environment (``bench.harness.environment``), the API scan, a summary and one record per variant (kernel,
+constexprs, signature, options, grid examples, the (op, shape, dtype) uses, status and the figures above; no
+ptxas logs and no absolute paths). Default path: ``bench/results/compile-check_sm90_<yyyymmdd>_<shortsha>.json``.
+A variant that fails to compile is recorded with its error; the exit status is 1 when any variant failed (or
+an op's launchers raised), else 0. tests/test_compile_check.py runs it in CI and asserts on the records.
 """
 
 from __future__ import annotations
@@ -86,44 +92,60 @@ KERNELS_DIR = Path(__file__).resolve().parent.parent / "kernels"
 # ---------------------------------------------------------------------------------------------- recording
 @dataclass
 class Launch:
-    """One intercepted ``kernel[grid](*args, **kwargs)``."""
+    """One intercepted ``kernel[grid](*args, **kwargs)``, and the device guard it ran under."""
 
-    kernel: object  # triton.runtime.jit.JITFunction
+    kernel: object  # triton.runtime.jit.JITFunction (InterpretedFunction under TRITON_INTERPRET=1)
     grid: tuple
     args: tuple
     kwargs: dict
+    device: torch.device | None = None
 
 
 class _Recorder:
     """Stands in for a JITFunction in its module while a launcher runs: ``[grid](...)`` records the call."""
 
-    def __init__(self, kernel, sink: list[Launch]):
-        self.kernel, self.sink = kernel, sink
+    def __init__(self, kernel, sink: list[Launch], guarded: list):
+        self.kernel, self.sink, self.guarded = kernel, sink, guarded
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
             self.sink.append(Launch(self.kernel, tuple(grid) if isinstance(grid, (tuple, list)) else (grid,),
-                                    args, kwargs))
+                                    args, kwargs, self.guarded[-1] if self.guarded else None))
 
         return launch
 
 
 @contextlib.contextmanager
 def _intercept(module, sink: list[Launch]):
-    """Replace the module's ``*_kernel`` JITFunctions by recorders and pin ``_num_sms`` to an H100's."""
-    from triton.runtime.jit import JITFunction
+    """Replace the module's ``*_kernel`` functions by recorders, pin ``_num_sms`` to an H100's and record the
+    device of ``_utils.device_guard`` (which would need a real GPU) instead of entering it."""
+    from triton.runtime.jit import KernelInterface
+
+    from mimir_fast.kernels import _utils
+
+    guarded: list = []
+
+    @contextlib.contextmanager
+    def guard(t):
+        guarded.append(t.device)
+        try:
+            yield
+        finally:
+            guarded.pop()
 
     saved = {name: obj for name, obj in vars(module).items()
-             if isinstance(obj, JITFunction) and name.endswith("_kernel")}
+             if isinstance(obj, KernelInterface) and name.endswith("_kernel")}
     if hasattr(module, "_num_sms"):
         saved["_num_sms"] = module._num_sms
         module._num_sms = lambda device: H100_SMS
     for name, obj in saved.items():
         if name != "_num_sms":
-            setattr(module, name, _Recorder(obj, sink))
+            setattr(module, name, _Recorder(obj, sink, guarded))
+    old_guard, _utils.device_guard = _utils.device_guard, guard
     try:
         yield
     finally:
+        _utils.device_guard = old_guard
         for name, obj in saved.items():
             setattr(module, name, obj)
 
@@ -157,9 +179,11 @@ def _drive_patch_embed_visible(k, inputs: tuple, need: tuple) -> None:
 def _drive_decoder_unshuffle(k, inputs: tuple, need: tuple) -> None:
     x, mask_token, ids_restore, pos = inputs
     y = k.decoder_unshuffle_fwd(x, mask_token, ids_restore, pos)
+    dtypes = (x.dtype, mask_token.dtype, pos.dtype)
     if need[0] or need[1] or need[3]:
-        k.decoder_unshuffle_bwd(torch.randn_like(y), ids_restore, x.shape[1] - 1, x.dtype, mask_token.dtype,
-                                pos.dtype, need[0], need[1], need[3])
+        k.decoder_unshuffle_bwd(torch.randn_like(y), ids_restore, x.shape[1] - 1, *dtypes, need[0], need[1], need[3])
+    if not need[3]:  # and with a learned positional embedding, which the benchmark's frozen one does not need
+        k.decoder_unshuffle_bwd(torch.randn_like(y), ids_restore, x.shape[1] - 1, *dtypes, True, True, True)
 
 
 def _drive_masked_mse_loss(k, inputs: tuple, need: tuple) -> None:
@@ -192,7 +216,7 @@ DRIVERS = {
 }
 
 
-def record_launches(op: str, shape: dict, dtype: torch.dtype, alt: bool) -> list[Launch]:
+def record_launches(op: str, shape: dict, dtype: torch.dtype, alt: bool, device: str = "cuda") -> list[Launch]:
     """The launches of ``op``'s forward and benchmark backward at ``shape`` and ``dtype`` (fake CUDA tensors)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -201,7 +225,7 @@ def record_launches(op: str, shape: dict, dtype: torch.dtype, alt: bool) -> list
     launches: list[Launch] = []
     with _fp32_setting(alt), FakeTensorMode(), _intercept(module, launches):
         torch.manual_seed(0)
-        inputs = spec.make_inputs(shape, torch.device("cuda"), dtype, False)
+        inputs = spec.make_inputs(shape, torch.device(device), dtype, False)
         need = tuple(i in spec.grad_argnums for i in range(len(inputs)))
         DRIVERS[op](module, inputs, need)
     return launches
@@ -288,6 +312,42 @@ def occupancy(regs: int | None, smem: int, num_warps: int) -> tuple[float | None
     return limits[limiter] * num_warps / SM90_MAX_WARPS, limiter
 
 
+_RE_DOT = re.compile(r"\btt\.dot\s([^:]*):\s*tensor<[0-9x]+x(\w+)[,>].*?\*\s*tensor<[0-9x]+x(\w+)[,>]")
+_MLIR_TYPES = {"f16": "fp16", "bf16": "bf16", "f32": "fp32"}
+
+
+def dot_inputs(ttir: str) -> list[str]:
+    """What the ``tt.dot`` ops of a TTIR multiply: ``fp16``/``bf16`` operands, or fp32 ones by input precision
+    (``tf32``, ``tf32x3``, ``ieee``; TTIR omits the default, IEEE). Distinct and sorted."""
+    kinds = set()
+    for operands, a, b in _RE_DOT.findall(ttir):
+        prec = m.group(1) if (m := re.search(r"inputPrecision\s*=\s*(\w+)", operands)) else None
+        a, b = _MLIR_TYPES.get(a, a), _MLIR_TYPES.get(b, b)
+        kinds.add((prec or "ieee") if a == b == "fp32" else a if a == b else f"{a}*{b}")
+    return sorted(kinds)
+
+
+def tensor_core(ptx: str) -> str:
+    """``wgmma`` (Hopper warpgroup MMA), ``mma`` (warp-level ``mma.sync``) or ``none`` (no tensor core)."""
+    if re.search(r"\bwgmma\.mma_async", ptx):
+        return "wgmma"
+    if re.search(r"\bmma\.sync", ptx):
+        return "mma"
+    return "none"
+
+
+def float_args_in_fma(ptx: str, arg_names: list[str]) -> list[str]:
+    """The float scalar kernel arguments whose register is a factor of a PTX ``fma`` (a product fused with an
+    add, so it is never rounded on its own). ``arg_names``: the kernel's runtime arguments in PTX order."""
+    fused = []
+    for i in map(int, re.findall(r"\.param \.f32 \w+_param_(\d+)", ptx)):
+        regs = re.findall(rf"ld\.param\.(?:f32|b32)\s+(%\w+), \[\w+_param_{i}\];", ptx)
+        factors = re.findall(r"\bfma\.rn[.\w]*\s+%\w+, (%\w+), (%\w+),", ptx)
+        if any(reg in pair for reg in regs for pair in factors):
+            fused.append(arg_names[i] if i < len(arg_names) else f"param_{i}")
+    return fused
+
+
 def compile_variant(kernel, signature: dict, constexprs: dict, attrs: dict, options, target) -> dict:
     """Compile one variant; never raises: errors come back as ``status``/``error``."""
     import triton
@@ -303,20 +363,23 @@ def compile_variant(kernel, signature: dict, constexprs: dict, attrs: dict, opti
             compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target,
                                       options=options.__dict__)
     except Exception as exc:  # noqa: BLE001 - a failing kernel is a result, not a crash
-        text = str(exc).strip()
+        text = strip_paths(str(exc).strip())
         rec.update(status="error", error=f"{type(exc).__name__}: {text[:4000]}")
         rec["compile_s"] = round(time.perf_counter() - start, 2)
         return rec
     rec["compile_s"] = round(time.perf_counter() - start, 2)
     ptxas_log = log.getvalue()
+    ptx = compiled.asm["ptx"]
     if "Used " not in ptxas_log:
-        ptxas_log = _ptxas_rerun(compiled.asm["ptx"])
+        ptxas_log = _ptxas_rerun(ptx)
     meta = compiled.metadata
     res = parse_ptxas(ptxas_log)
     shared = int(getattr(meta, "shared", 0) or 0) + res.get("static_smem", 0)
     occ, limiter = occupancy(res.get("regs"), shared, meta.num_warps)
+    runtime_args = [name for i, name in enumerate(signature) if (i,) not in constexprs]
     rec.update(status="ok", **res, shared=shared, num_warps=meta.num_warps, num_stages=meta.num_stages,
-               occupancy=occ, occupancy_limiter=limiter, ptxas_log=ptxas_log.strip())
+               occupancy=occ, occupancy_limiter=limiter, dot_inputs=dot_inputs(compiled.asm["ttir"]),
+               tensor_core=tensor_core(ptx), float_args_in_fma=float_args_in_fma(ptx, runtime_args))
     problems = []
     if shared > SM90_SMEM_PER_BLOCK:
         problems.append(f"needs {shared} B shared memory > {SM90_SMEM_PER_BLOCK} B per block: fails to launch")
@@ -325,6 +388,17 @@ def compile_variant(kernel, signature: dict, constexprs: dict, attrs: dict, opti
     if problems:
         rec.update(status="warn", problems=problems)
     return rec
+
+
+def strip_paths(text: str) -> str:
+    """``text`` without this machine's absolute paths: the repository, Triton's install and the temp folder."""
+    import triton
+
+    roots = {str(KERNELS_DIR.parent): ".", os.path.dirname(os.path.dirname(triton.__file__)): "<site-packages>",
+             tempfile.gettempdir(): "<tmp>"}
+    for root, name in sorted(roots.items(), key=lambda kv: -len(kv[0])):
+        text = text.replace(root, name)
+    return text
 
 
 # ---------------------------------------------------------------------------------------------- API scan
@@ -401,7 +475,8 @@ def _fmt_int(x) -> str:
 
 
 def table(records: list[dict]) -> str:
-    head = ("kernel", "constexprs", "w/s", "dtypes", "status", "regs", "spill st/ld", "smem", "occ", "shapes")
+    head = ("kernel", "constexprs", "w/s", "dtypes", "status", "regs", "spill st/ld", "smem", "occ", "dots", "tc",
+            "shapes")
     rows = []
     for r in records:
         cx = " ".join(f"{k}={v}" for k, v in r["constexprs"].items())
@@ -412,12 +487,145 @@ def table(records: list[dict]) -> str:
         shapes = ",".join(dict.fromkeys(u["shape"] for u in r["uses"]))
         rows.append((r["kernel"].removeprefix("_").removesuffix("_kernel"), cx,
                      f"{r['options']['num_warps']}/{r['options']['num_stages']}", dtypes, status,
-                     _fmt_int(r.get("regs")), spill, _fmt_int(r.get("shared")), occ, shapes))
+                     _fmt_int(r.get("regs")), spill, _fmt_int(r.get("shared")), occ,
+                     ",".join(r.get("dot_inputs", [])) or "-", r.get("tensor_core", "-"), shapes))
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(head, widths))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in rows]
     return "\n".join(lines)
+
+
+def collect(ops=OPS, dtypes=tuple(DTYPES), shapes: list[str] | None = None, fp32_alt: bool = True,
+            progress: bool = True, jobs: int | None = None) -> tuple[list[dict], list[dict]]:
+    """Record, specialise and compile every variant: (records, launcher errors), as described in the module.
+    ``jobs``: compile processes (default: one per CPU)."""
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+
+    target = GPUTarget(*TARGET)
+    backend = make_backend(target)
+    tmp_cache = tempfile.TemporaryDirectory(prefix="compile_check_cache_")
+    old_cache = knobs.cache.dir
+    knobs.cache.dir = tmp_cache.name  # fresh cache: every variant is compiled (and ptxas logs) for real
+
+    # 1. record the launches and group them into distinct variants
+    variants: dict[str, Variant] = {}
+    launcher_errors: list[dict] = []
+    for op in ops:
+        spec = load(op)
+        names = [s for s in spec.shapes if (s in shapes if shapes else s != "tiny")]
+        for shape_name in names:
+            for dname in dtypes:
+                for alt in (False, True) if dname == "fp32" and fp32_alt else (False,):
+                    use = {"op": op, "shape": shape_name, "dtype": dname, "fp32_alt": alt}
+                    try:
+                        launches = record_launches(op, spec.shapes[shape_name], DTYPES[dname], alt)
+                    except Exception as exc:  # noqa: BLE001 - reported, not fatal
+                        launcher_errors.append({**use, "error": strip_paths(f"{type(exc).__name__}: {exc}")[:2000]})
+                        continue
+                    for launch in launches:
+                        try:
+                            sig, cx, attrs, options = specialise(launch, backend)
+                        except Exception as exc:  # noqa: BLE001
+                            launcher_errors.append({**use, "kernel": launch.kernel.fn.__name__, "error": strip_paths(
+                                f"specialise: {type(exc).__name__}: {exc}")[:2000]})
+                            continue
+                        key = repr((launch.kernel.fn.__name__, sorted(sig.items()), sorted(cx.items()),
+                                    sorted(attrs.items()), sorted(options.__dict__.items())))
+                        var = variants.setdefault(key, Variant(launch.kernel, sig, cx, attrs, options))
+                        var.uses.append(use)
+                        if len(var.grids) < 4 and launch.grid not in var.grids:
+                            var.grids.append(launch.grid)
+
+    # 2. compile each variant, in `jobs` processes (each compiles with its own cache folder)
+    records = []
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(variants)))
+    work = [(var.kernel.fn.__module__, var.kernel.fn.__name__, var.signature, var.constexprs, var.attrs,
+             var.options) for var in variants.values()]
+    try:
+        if jobs == 1:
+            results = map(_compile_job, work)
+        else:
+            import concurrent.futures
+            import multiprocessing
+
+            pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                          initializer=_worker_init, initargs=(sys.path,))
+            results = pool.map(_compile_job, work)
+        for i, (var, result) in enumerate(zip(variants.values(), results), 1):
+            name = var.kernel.fn.__name__
+            if progress:
+                print(f"[{i}/{len(variants)}] {name} {_named_constexprs(var.kernel, var.constexprs)}",
+                      file=sys.stderr, flush=True)
+            records.append(_jsonable({
+                "kernel": name,
+                "module": var.kernel.fn.__module__,
+                "constexprs": _named_constexprs(var.kernel, var.constexprs),
+                "specialised_to_1": _specialised_ones(var.kernel, var.constexprs),
+                "signature": var.signature,
+                "divisibility_16": [var.kernel.params[k[0]].name for k, v in sorted(var.attrs.items())
+                                    if len(k) == 1 and v and "tt.divisibility" in str(v)],
+                "options": {k: var.options.__dict__[k] for k in ("num_warps", "num_stages", "num_ctas", "maxnreg",
+                                                                 "enable_fp_fusion") if k in var.options.__dict__},
+                "grids": var.grids,
+                "uses": var.uses,
+                **result,
+            }))
+    finally:
+        if jobs > 1:
+            pool.shutdown()
+        knobs.cache.dir = old_cache
+        tmp_cache.cleanup()
+    return records, launcher_errors
+
+
+def _worker_init(path: list[str]) -> None:
+    """A compile worker: the parent's import path, a fresh Triton cache (every variant compiled for real)."""
+    from triton import knobs
+
+    sys.path[:] = path
+    knobs.cache.dir = tempfile.mkdtemp(prefix="compile_check_cache_")
+
+
+def _compile_job(job: tuple) -> dict:
+    """``compile_variant`` for (module, kernel name, signature, constexprs, attrs, options)."""
+    from triton.backends.compiler import GPUTarget
+
+    module, name, signature, constexprs, attrs, options = job
+    kernel = getattr(importlib.import_module(module), name)
+    return compile_variant(kernel, signature, constexprs, attrs, options, GPUTarget(*TARGET))
+
+
+def summary(records: list[dict], launcher_errors: list[dict]) -> dict:
+    """Counts over the variants: status, tensor-core lowering, spills, shared memory, occupancy."""
+    ok = [r for r in records if r["status"] != "error"]
+    return {
+        "variants": len(records),
+        "ok": sum(r["status"] == "ok" for r in records),
+        "warn": sum(r["status"] == "warn" for r in records),
+        "error": len(records) - len(ok),
+        "launcher_errors": len(launcher_errors),
+        "spilling": sum(bool(r.get("spill_stores") or r.get("spill_loads")) for r in ok),
+        "tensor_core": {tc: sum(r.get("tensor_core") == tc for r in ok) for tc in ("wgmma", "mma", "none")},
+        "max_regs": max((r.get("regs") or 0 for r in ok), default=None),
+        "max_shared": max((r.get("shared") or 0 for r in ok), default=None),
+        "min_occupancy": min((r["occupancy"] for r in ok if r.get("occupancy") is not None), default=None),
+        "below_quarter_occupancy": sorted({r["kernel"] for r in ok if (r.get("occupancy") or 1) < 0.25}),
+        "compile_s": round(sum(r.get("compile_s", 0) for r in records), 1),
+    }
+
+
+def document(records: list[dict], launcher_errors: list[dict], argv: list[str]) -> dict:
+    """The JSON document: environment, target, API scan, summary, records; no absolute paths."""
+    env = environment(torch.device("cpu"))
+    return {"schema": SCHEMA, "suite": "compile-check",
+            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "argv": ["python", "-m", "bench.compile_check", *(strip_paths(a) for a in argv)], "env": env,
+            "target": {"backend": TARGET[0], "arch": TARGET[1], "warp_size": TARGET[2], "sms": H100_SMS},
+            "api_scan": api_scan(), "launcher_errors": launcher_errors,
+            "summary": summary(records, launcher_errors), "results": records}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -430,85 +638,28 @@ def main(argv: list[str] | None = None) -> int:
                         help="fp32 with torch's default precision flags only (skip the IEEE/TF32-flipped run)")
     parser.add_argument("--out", default=None, help="JSON file, or a folder for the default file name "
                         "(default: bench/results/compile-check_sm90_<yyyymmdd>_<shortsha>.json)")
+    parser.add_argument("--quiet", action="store_true", help="no per-variant progress on stderr")
+    parser.add_argument("--jobs", type=int, default=None, help="compile processes (default: one per CPU)")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
 
     import triton
-    from triton import knobs
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import make_backend
 
-    target = GPUTarget(*TARGET)
-    backend = make_backend(target)
-    tmp_cache = tempfile.TemporaryDirectory(prefix="compile_check_cache_")
-    knobs.cache.dir = tmp_cache.name  # fresh cache: every variant is compiled (and ptxas logs) for real
-
-    # 1. record the launches and group them into distinct variants
-    variants: dict[str, Variant] = {}
-    launcher_errors: list[dict] = []
-    for op in args.ops:
-        spec = load(op)
-        shapes = [s for s in spec.shapes if (s in args.shapes if args.shapes else s != "tiny")]
-        for shape_name in shapes:
-            for dname in args.dtypes:
-                for alt in (False, True) if dname == "fp32" and not args.no_fp32_alt else (False,):
-                    use = {"op": op, "shape": shape_name, "dtype": dname, "fp32_alt": alt}
-                    try:
-                        launches = record_launches(op, spec.shapes[shape_name], DTYPES[dname], alt)
-                    except Exception as exc:  # noqa: BLE001 - reported, not fatal
-                        launcher_errors.append({**use, "error": f"{type(exc).__name__}: {exc}"[:2000]})
-                        continue
-                    for launch in launches:
-                        try:
-                            sig, cx, attrs, options = specialise(launch, backend)
-                        except Exception as exc:  # noqa: BLE001
-                            launcher_errors.append({**use, "kernel": launch.kernel.fn.__name__,
-                                                    "error": f"specialise: {type(exc).__name__}: {exc}"[:2000]})
-                            continue
-                        key = repr((launch.kernel.fn.__name__, sorted(sig.items()), sorted(cx.items()),
-                                    sorted(attrs.items()), sorted(options.__dict__.items())))
-                        var = variants.setdefault(key, Variant(launch.kernel, sig, cx, attrs, options))
-                        var.uses.append(use)
-                        if len(var.grids) < 4 and launch.grid not in var.grids:
-                            var.grids.append(launch.grid)
-
-    # 2. compile each variant
-    records = []
-    total = len(variants)
-    for i, var in enumerate(variants.values(), 1):
-        name = var.kernel.fn.__name__
-        print(f"[{i}/{total}] {name} {_named_constexprs(var.kernel, var.constexprs)}", file=sys.stderr, flush=True)
-        result = compile_variant(var.kernel, var.signature, var.constexprs, var.attrs, var.options, target)
-        records.append({
-            "kernel": name,
-            "module": var.kernel.fn.__module__,
-            "constexprs": _named_constexprs(var.kernel, var.constexprs),
-            "specialised_to_1": _specialised_ones(var.kernel, var.constexprs),
-            "signature": var.signature,
-            "divisibility_16": [var.kernel.params[k[0]].name for k, v in sorted(var.attrs.items())
-                                if len(k) == 1 and v and "tt.divisibility" in str(v)],
-            "options": {k: var.options.__dict__[k] for k in ("num_warps", "num_stages", "num_ctas", "maxnreg",
-                                                             "enable_fp_fusion") if k in var.options.__dict__},
-            "grids": var.grids,
-            "uses": var.uses,
-            **result,
-        })
-    tmp_cache.cleanup()
-
-    # 3. report
-    api = api_scan()
+    records, launcher_errors = collect(args.ops, args.dtypes, args.shapes, not args.no_fp32_alt,
+                                       progress=not args.quiet, jobs=args.jobs)
+    doc = document(records, launcher_errors, argv)
     print(table(records))
-    n_err = sum(r["status"] == "error" for r in records)
-    n_warn = sum(r["status"] == "warn" for r in records)
-    print(f"\n{len(records)} variants: {len(records) - n_err - n_warn} ok, {n_warn} with warnings, {n_err} failed; "
-          f"target sm_90a, triton {triton.__version__}; dtypes marked * are fp32 with cudnn.allow_tf32=False "
-          f"and float32 matmul precision 'high'")
+    summ = doc["summary"]
+    print(f"\n{summ['variants']} variants: {summ['ok']} ok, {summ['warn']} with warnings, {summ['error']} failed; "
+          f"tensor cores {summ['tensor_core']}; target sm_90a, triton {triton.__version__}; dtypes marked * are "
+          f"fp32 with cudnn.allow_tf32=False and float32 matmul precision 'high'")
     for r in records:
         if r["status"] != "ok":
             print(f"- {r['kernel']} {r['constexprs']}: {r.get('error') or '; '.join(r.get('problems', []))}")
     for e in launcher_errors:
         print(f"- launcher error {e}")
-    missing = [a for a in api if a["available"] is False]
-    print(f"API scan: {len(api)} tl names/keywords used, "
+    missing = [a for a in doc["api_scan"] if a["available"] is False]
+    print(f"API scan: {len(doc['api_scan'])} tl names/keywords used, "
           + ("all present in this triton" if not missing else
              "MISSING in this triton: " + ", ".join(f"{a['name']}({a['keyword']}=)" if a["keyword"] else a["name"]
                                                      for a in missing)))
@@ -517,16 +668,9 @@ def main(argv: list[str] | None = None) -> int:
     if out.suffix != ".json":
         out = out / default_out().name
     out.parent.mkdir(parents=True, exist_ok=True)
-    env = environment(torch.device("cpu"))
-    doc = {"schema": SCHEMA, "suite": "compile-check",
-           "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "argv": sys.argv, "env": env,
-           "target": {"backend": TARGET[0], "arch": TARGET[1], "warp_size": TARGET[2], "sms": H100_SMS},
-           "triton_path": os.path.dirname(triton.__file__),
-           "api_scan": api, "launcher_errors": launcher_errors, "results": _jsonable(records)}
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {out}")
-    return 1 if n_err or launcher_errors else 0
+    return 1 if summ["error"] or launcher_errors else 0
 
 
 if __name__ == "__main__":

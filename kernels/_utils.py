@@ -1,10 +1,12 @@
-"""Helpers shared by the Triton kernels: output allocation and launch settings.
+"""Helpers shared by the Triton kernels: output allocation, launch settings and the device guard.
 
 Outputs are allocated with ``empty``; tests set ``POISON_OUTPUTS = True`` so that every output starts as NaN
 and an element a kernel forgets to write fails the comparison instead of passing by luck.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -26,3 +28,9 @@ def next_pow2(n: int, minimum: int = 16) -> int:
     while p < n:
         p *= 2
     return p
+
+
+def device_guard(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Make ``t``'s CUDA device current for the launches inside (Triton launches on the current device, so
+    tensors on ``cuda:1`` while ``cuda:0`` is current would run on the wrong one); a no-op for CPU tensors."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()

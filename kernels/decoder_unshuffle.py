@@ -1,8 +1,10 @@
 """MAE's decoder input, fused: unshuffle the visible tokens, fill the mask tokens, add the positional embedding.
 
 Shapes: x (N, T, Dd) with T = 1 + L_keep (CLS first, then the kept tokens in shuffled order); mask_token (Dd,);
-ids_restore (N, L) int64, a permutation of 0..L-1 per sample (MAE's ``argsort(ids_shuffle)``); pos_embed
-(1 + L, Dd), CLS row first; out (N, 1 + L, Dd) in ``promote_types(x, mask_token, pos_embed)``.
+ids_restore (N, L) int64, a permutation of 0..L-1 per sample (MAE's ``argsort(ids_shuffle)``; with
+``TRITON_DEBUG=1`` device-side asserts check that it lies in [0, L), without it an index out of range reads
+and writes out of bounds silently); pos_embed (1 + L, Dd), CLS row first; out (N, 1 + L, Dd) in
+``promote_types(x, mask_token, pos_embed)``.
 
 Forward (``_decoder_unshuffle_fwd_kernel``), one program per [BL output rows, BD columns] tile of one sample:
 
@@ -26,8 +28,8 @@ tile and per range of samples (the split), looping over its samples:
 
 Block sizes are fixed heuristics (no autotune, so the interpreter needs no special path), not tuned on a GPU:
 BD ≤ 256 columns, BL·BD ≤ 4096 elements per tile, 4 warps forward and 8 backward (no register spill on sm_90).
-The split aims at four programs per SM when only grad_x and the mask-token gradient are needed and one per SM
-when the (N-times smaller) positional gradient is, since its fp32 partials cost split × (1 + L) × Dd × 4 bytes.
+The split aims at four programs per SM, also when the positional gradient's fp32 partials (split × (1 + L) ×
+Dd × 4 bytes, a few MB) are written.
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ TILE_ELEMENTS = 4096
 """Rows × columns of one tile (BL · BD): 32 values per thread at 4 warps, 16 at 8."""
 NUM_WARPS = {"fwd": 4, "bwd": 8}
 """Warps per program. The backward's fp32 positional accumulator and 64-bit addresses need 255 registers and
-spill at 4 warps (ptxas, sm_90, 32 × 128 tile); 8 warps: 180 registers, no spill (108 without the accumulator)."""
+spill at 4 warps (ptxas, sm_90, 32 × 128 tile); 8 warps: no spill (bench/compile_check.py)."""
+PROGRAMS_PER_SM = 4
+"""Backward split target: programs per SM."""
 
 
 @triton.jit
@@ -54,6 +58,7 @@ def _source_rows(ids_ptr, o_t, m_t, i_n, L, L_KEEP):
     """For output rows ``o_t`` of sample ``i_n``: whether each comes from x (CLS or a kept token) and its row."""
     m_tok = m_t & (o_t > 0)
     b_r = tl.load(ids_ptr + i_n * L + (o_t - 1), mask=m_tok, other=0)  # [BL] ids_restore[n, t - 1]
+    tl.device_assert((b_r >= 0) & (b_r < L), "decoder_unshuffle: ids_restore out of range [0, L)")
     b_kept = (o_t == 0) | (b_r < L_KEEP)  # [BL]
     o_src = tl.where(o_t == 0, 0, 1 + b_r)  # [BL] row of x (CLS row 0, kept token 1 + r)
     return b_kept, o_src
@@ -173,10 +178,11 @@ def decoder_unshuffle_fwd(x: torch.Tensor, mask_token: torch.Tensor, ids_restore
         return y
     bl, bd = _blocks(length, dd)
     n_lblocks = triton.cdiv(1 + length, bl)
-    _decoder_unshuffle_fwd_kernel[(n * n_lblocks, triton.cdiv(dd, bd))](
-        x, mask_token, ids_restore, pos_embed, y, length, t - 1, dd, n_lblocks, BL=bl, BD=bd,
-        num_warps=NUM_WARPS["fwd"],
-    )
+    with _utils.device_guard(x):
+        _decoder_unshuffle_fwd_kernel[(n * n_lblocks, triton.cdiv(dd, bd))](
+            x, mask_token, ids_restore, pos_embed, y, length, t - 1, dd, n_lblocks, BL=bl, BD=bd,
+            num_warps=NUM_WARPS["fwd"],
+        )
     return y
 
 
@@ -201,8 +207,7 @@ def decoder_unshuffle_bwd(
     dx = _utils.empty((n, 1 + l_keep, dd), device=device, dtype=x_dtype) if need_x else nothing
     bl, bd = _blocks(length, dd)
     n_lblocks, n_dblocks = triton.cdiv(1 + length, bl), triton.cdiv(dd, bd)
-    programs_per_sm = 1 if need_pos else 4
-    split = max(1, min(n, 65535, triton.cdiv(programs_per_sm * _num_sms(device), n_lblocks * n_dblocks)))
+    split = max(1, min(n, 65535, triton.cdiv(PROGRAMS_PER_SM * _num_sms(device), n_lblocks * n_dblocks)))
     n_per_split = max(1, triton.cdiv(n, split))
     split = max(1, triton.cdiv(n, n_per_split))  # no empty ranges
     dmt = _utils.empty((split, n_lblocks, dd), device=device, dtype=torch.float32) if need_mask else nothing
@@ -210,10 +215,11 @@ def decoder_unshuffle_bwd(
     if n == 0 or dd == 0:  # nothing to read: the reductions are zero
         dmt, dpos = dmt.zero_(), dpos.zero_()
     elif need_x or need_mask or need_pos:
-        _decoder_unshuffle_bwd_kernel[(n_lblocks, n_dblocks, split)](
-            grad_out, ids_restore, dx, dmt, dpos, n, length, l_keep, dd, n_lblocks, n_per_split, BL=bl, BD=bd,
-            NEED_X=need_x, NEED_MASK=need_mask, NEED_POS=need_pos, num_warps=NUM_WARPS["bwd"],
-        )
+        with _utils.device_guard(grad_out):
+            _decoder_unshuffle_bwd_kernel[(n_lblocks, n_dblocks, split)](
+                grad_out, ids_restore, dx, dmt, dpos, n, length, l_keep, dd, n_lblocks, n_per_split, BL=bl, BD=bd,
+                NEED_X=need_x, NEED_MASK=need_mask, NEED_POS=need_pos, num_warps=NUM_WARPS["bwd"],
+            )
     d_mask = torch.empty(0, device=device, dtype=mask_dtype)
     d_pos = torch.empty(0, device=device, dtype=pos_dtype)
     if need_mask:

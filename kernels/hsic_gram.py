@@ -1,7 +1,8 @@
 """HSIC's right-centered Gaussian kernel matrices of both variables, from one split-K Gram launch.
 
 Shapes: x (m, dx), y (m, dy), each variable flattened per sample (dx = (1 + L_keep)·D latents, dy = 3·H·W pixels,
-up to 150 528 columns); m ≤ MAX_M. Outputs (2, m, m) float32: ``out[v] = gaussian_kernel_centered(a_v, σ)``.
+up to 150 528 columns); m ≤ MAX_M, dx, dy ≤ MAX_D. Outputs (2, m, m) float32: ``out[v] =
+gaussian_kernel_centered(a_v, σ)``.
 
 Forward:
 
@@ -23,20 +24,24 @@ Backward, with G = dL/dout (2, m, m) and per variable (a = x or y, bw = 2σ²d):
 3. ``_hsic_gram_bwd_rowmean_kernel``: mean_k G_ik for every row of both variables.
 4. ``_hsic_gram_bwd_kernel``: ``lap = 2 (diag(S·1) − S)`` (2, m, m) fp32, rows in blocks with the full row.
 5. ``_hsic_gram_bwd_gemm_kernel``: ``da = lap_v @ a_v``, [BM rows, BN columns of d] tiles, fp32 accumulation
-   over m, tiles of x and y (only the variables that need a gradient) in one launch.
+   over m, tiles of x and y (only the variables that need a gradient) in one launch, all on grid dimension 0.
 
-Precision: elementwise work is fp32 (inputs are upcast right after loading). Gram dot operands stay in the
-input dtype on the GPU: fp16/bf16 products are exact in fp32, so this matches the reference's fp32 GEMM of
-the upcast inputs while using tensor cores. fp32 operands use TF32 exactly when torch's fp32 matmuls would
-(``torch.get_float32_matmul_precision() != "highest"``), IEEE otherwise. Under Triton's CPU interpreter every
-dot runs on fp32 operands. float64 is not supported (the op runs its reference). ``expm1`` is computed here
-(``_expm1``): Triton has no portable expm1 (libdevice is GPU-only, the interpreter lacks it), and ``tl.exp``
-is the approximate ``ex2.approx`` on NVIDIA GPUs; ``_expm1`` uses neither.
+Precision: elementwise work is fp32 (inputs are upcast right after loading); every dot runs on tensor cores.
+Gram dot operands stay in the input dtype: fp16/bf16 products are exact in fp32, so this matches the
+reference's fp32 GEMM of the upcast inputs. fp32 operands follow torch's fp32 matmuls: under the default
+float32 matmul precision "highest" the reference is IEEE fp32, and the kernel uses 3xTF32 (``tf32x3``: each
+operand split into two TF32 parts, three products, about fp32's accuracy); under "high"/"medium" it uses TF32,
+as torch does. The gradient GEMM multiplies the fp32 Laplacian by a: for fp32 a as above, for fp16/bf16 a
+(exact in TF32) with one TF32 product, since the gradient is rounded to 16 bits anyway. Under Triton's CPU
+interpreter every dot runs on fp32 operands in IEEE. float64 is not supported (the op runs its reference).
+``expm1`` is computed here (``_expm1``): Triton has no portable expm1 (libdevice is GPU-only, the interpreter
+lacks it), and ``tl.exp`` is the approximate ``ex2.approx`` on NVIDIA GPUs; ``_expm1`` uses neither.
 
 Block sizes are fixed heuristics (no autotune, so the interpreter needs no special path), not yet tuned on a
 GPU: Gram tiles BM = 64 (16..64 for small m), BK = 64 for 16-bit and 32 for fp32 operands, 4 warps, 3 stages;
 the split count targets 4 programs per SM and a workspace of at most 16 MiB. Under the interpreter the
 reduction steps are larger (BK = 256) and the split count targets 8 programs, to keep the tests fast.
+Offsets into x, y and their gradients are 64-bit (m·d may pass 2³¹).
 """
 
 from __future__ import annotations
@@ -51,11 +56,14 @@ from . import _utils
 
 MAX_M = 1024
 """Largest sample count: the epilogue and backward hold whole rows of m elements in one program."""
+MAX_D = 2**31 - 1
+"""Largest width of a variable: the size arguments stay 32-bit integers, as in the variants that
+bench/compile_check.py compiles (a larger one would specialise an unchecked 64-bit variant)."""
 BLOCK_M_MAX = 64
 """Rows and columns of a Gram tile, and rows of a gradient tile."""
 BLOCK_N = 64
 """Columns (of d) of a gradient tile on the GPU."""
-ROW_ELEMS = 4096
+ROW_ELEMS = 2048
 """Elements per program in the row-wise kernels: BR rows × next_pow2(m) columns."""
 WORKSPACE_MAX = 1 << 22
 """Largest split-K workspace in fp32 elements (16 MiB)."""
@@ -110,7 +118,7 @@ def _gram_partial(a_ptr, ws_ptr, M, K, k_lo, k_hi, i_r, i_c, i_s,
     m_r = o_r < M
     m_c = o_c < M
     b_acc = tl.zeros([BM, BM], dtype=tl.float32)
-    for k0 in range(k_lo, k_hi, BK):
+    for k0 in range(k_lo, k_hi, BK):  # k_lo is int64: so are the column offsets
         o_k = k0 + tl.arange(0, BK)  # [BK]
         m_k = o_k < k_hi
         b_a = tl.load(a_ptr + o_r[:, None] * K + o_k[None, :], mask=m_r[:, None] & m_k[None, :], other=0.0)
@@ -230,14 +238,14 @@ def _hsic_gram_bwd_kernel(
 @triton.jit
 def _lap_matmul(lap_ptr, a_ptr, da_ptr, M, K, i_m, i_n,
                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr):
-    """da[rows, cols] = lap[rows, :] @ a[:, cols] for lap (M, M) fp32, a and da (M, K)."""
+    """da[rows, cols] = lap[rows, :] @ a[:, cols] for lap (M, M) fp32, a and da (M, K); i_m, i_n int64."""
     o_m = i_m * BM + tl.arange(0, BM)  # [BM]
     o_n = i_n * BN + tl.arange(0, BN)  # [BN]
     m_m = o_m < M
     m_n = o_n < K
     b_acc = tl.zeros([BM, BN], dtype=tl.float32)
     for j0 in range(0, M, BK):
-        o_j = j0 + tl.arange(0, BK)  # [BK]
+        o_j = (j0 + tl.arange(0, BK)).to(tl.int64)  # [BK] int64: o_j * K passes 2³¹ when m·d does
         m_j = o_j < M
         b_l = tl.load(lap_ptr + o_m[:, None] * M + o_j[None, :], mask=m_m[:, None] & m_j[None, :], other=0.0)
         b_a = tl.load(a_ptr + o_j[:, None] * K + o_n[None, :], mask=m_j[:, None] & m_n[None, :], other=0.0)
@@ -253,15 +261,17 @@ def _hsic_gram_bwd_gemm_kernel(
     y_ptr,  # y (M, DY), contiguous
     dx_ptr,  # dL/dx (M, DX) in x's dtype (unused when NX = 0)
     dy_ptr,  # dL/dy (M, DY) in y's dtype (unused when the grid has no y tiles)
-    M, DX, DY, NX,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
+    M, DX, DY, NX, M_TILES,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    PRECISION_X: tl.constexpr, PRECISION_Y: tl.constexpr,
 ):
-    i_m = tl.program_id(0).to(tl.int64)
-    i_n = tl.program_id(1).to(tl.int64)
+    i_p = tl.program_id(0).to(tl.int64)  # M_TILES row tiles × (NX + NY) column tiles, row tiles fastest
+    i_m = i_p % M_TILES
+    i_n = i_p // M_TILES
     if i_n < NX:
-        _lap_matmul(lap_ptr, x_ptr, dx_ptr, M, DX, i_m, i_n, BM, BN, BK, PRECISION)
+        _lap_matmul(lap_ptr, x_ptr, dx_ptr, M, DX, i_m, i_n, BM, BN, BK, PRECISION_X)
     else:
-        _lap_matmul(lap_ptr + M * M, y_ptr, dy_ptr, M, DY, i_m, i_n - NX, BM, BN, BK, PRECISION)
+        _lap_matmul(lap_ptr + M * M, y_ptr, dy_ptr, M, DY, i_m, i_n - NX, BM, BN, BK, PRECISION_Y)
 
 
 @triton.jit
@@ -277,11 +287,13 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
 
 
-def _precision(dtype: torch.dtype) -> str | None:
-    """fp32 dot precision: TF32 exactly when torch's fp32 matmuls use it; None (unused) for 16-bit operands."""
-    if dtype != torch.float32:
-        return None
-    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+def _precision(dtype: torch.dtype) -> str:
+    """Input precision of a dot with fp32 operands made from ``dtype`` inputs: fp32 inputs as torch's fp32
+    matmuls (3xTF32 for its default "highest" precision, else TF32); fp16/bf16 ones (exact in TF32) with TF32.
+    The Gram dots of 16-bit inputs take 16-bit operands and ignore it."""
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
+        return "tf32x3"
+    return "tf32"
 
 
 def _row_blocks(m: int) -> tuple[int, int]:
@@ -294,9 +306,9 @@ def _check(x: torch.Tensor, y: torch.Tensor):
     if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0]:
         raise ValueError(f"hsic_gram: expected x (m, dx) and y (m, dy), got {tuple(x.shape)} and {tuple(y.shape)}")
     m = x.shape[0]
-    if not 2 <= m <= MAX_M or x.shape[1] < 1 or y.shape[1] < 1:
-        raise ValueError(f"hsic_gram: needs 2 ≤ m ≤ {MAX_M} samples and non-empty rows, got {tuple(x.shape)}, "
-                         f"{tuple(y.shape)}")
+    if not 2 <= m <= MAX_M or not 1 <= x.shape[1] <= MAX_D or not 1 <= y.shape[1] <= MAX_D:
+        raise ValueError(f"hsic_gram: needs 2 ≤ m ≤ {MAX_M} samples and 1 ≤ d ≤ {MAX_D} columns, got "
+                         f"{tuple(x.shape)}, {tuple(y.shape)}")
     for t in (x, y):
         if t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(f"hsic_gram: the kernel takes float32/float16/bfloat16 inputs, got {t.dtype}")
@@ -321,19 +333,24 @@ def hsic_gram_fwd(x: torch.Tensor, y: torch.Tensor, sigma: float, chunk: int | N
     elif chunk % bk:
         raise ValueError(f"hsic_gram: chunk {chunk} is not a multiple of the reduction step {bk}")
     sx, sy = triton.cdiv(dx, chunk), triton.cdiv(dy, chunk)
+    if sx + sy > 65535:
+        raise ValueError(f"hsic_gram: chunk {chunk} gives {sx + sy} > 65535 splits (grid dimension 1)")
     ws = _utils.empty((sx + sy, m, m), device=x.device, dtype=torch.float32)
-    _hsic_gram_fwd_kernel[(tiles, sx + sy)](
-        x, y, ws, m, dx, dy, sx, chunk, BM=bm, BK=bk, DOT_FP32=interp,
-        PRECISION_X="ieee" if interp else _precision(x.dtype), PRECISION_Y="ieee" if interp else _precision(y.dtype),
-        num_warps=4, num_stages=NUM_STAGES,
-    )
     out = _utils.empty((2, m, m), device=x.device, dtype=torch.float32)
     r = _utils.empty((2, m, m), device=x.device, dtype=torch.float32)
     br, block_m = _row_blocks(m)
-    _hsic_gram_fwd_epilogue_kernel[(triton.cdiv(m, br), 2)](
-        ws, out, r, m, sx, sy, 2.0 * sigma * sigma * dx, 2.0 * sigma * sigma * dy, BR=br, BLOCK_M=block_m,
-        num_warps=4,
-    )
+    with _utils.device_guard(x):
+        # Occupancy 0.12-0.19 (96 KB smem or 164 registers): a 3-stage async-load pipeline feeds the wgmma.
+        _hsic_gram_fwd_kernel[(tiles, sx + sy)](
+            x, y, ws, m, dx, dy, sx, chunk, BM=bm, BK=bk, DOT_FP32=interp,
+            PRECISION_X="ieee" if interp else _precision(x.dtype),
+            PRECISION_Y="ieee" if interp else _precision(y.dtype),
+            num_warps=4, num_stages=NUM_STAGES,
+        )
+        _hsic_gram_fwd_epilogue_kernel[(triton.cdiv(m, br), 2)](
+            ws, out, r, m, sx, sy, 2.0 * sigma * sigma * dx, 2.0 * sigma * sigma * dy, BR=br, BLOCK_M=block_m,
+            num_warps=8,  # 2048-element row blocks at 8 warps: occupancy ≥ 0.38 (4096 at 4 warps: 0.19)
+        )
     return out, r
 
 
@@ -351,24 +368,30 @@ def hsic_gram_bwd(grad: torch.Tensor, r: torch.Tensor, x: torch.Tensor, y: torch
         return gx, gy
     br, block_m = _row_blocks(m)
     mu = _utils.empty((2, m), device=x.device, dtype=torch.float32)
-    _hsic_gram_bwd_rowmean_kernel[(triton.cdiv(2 * m, br),)](grad, mu, 2 * m, m, BR=br, BLOCK_M=block_m,
-                                                               num_warps=4)
     lap = _utils.empty((2, m, m), device=x.device, dtype=torch.float32)
-    _hsic_gram_bwd_kernel[(triton.cdiv(m, br), 2)](
-        grad, mu, r, lap, m, 2.0 * sigma * sigma * dx, 2.0 * sigma * sigma * dy, BR=br, BLOCK_M=block_m,
-        num_warps=4,
-    )
     interp = x.device.type != "cuda"
     bm = min(BLOCK_M_MAX, _utils.next_pow2(m))
     bn = INTERPRETER_BK if interp else BLOCK_N
     bk = min(32, _utils.next_pow2(m))
+    m_tiles = triton.cdiv(m, bm)
     nx = triton.cdiv(dx, bn) if need_x else 0
     ny = triton.cdiv(dy, bn) if need_y else 0
-    _hsic_gram_bwd_gemm_kernel[(triton.cdiv(m, bm), nx + ny)](
-        lap, x, y, gx, gy, m, dx, dy, nx, BM=bm, BN=bn, BK=bk,
-        # 8 warps: at 4 the 16-bit inputs' conversion to fp32 spills ~1 KB (ptxas, sm_90; bench/compile_check.py)
-        PRECISION="ieee" if interp else _precision(torch.float32), num_warps=8, num_stages=NUM_STAGES,
-    )
+    with _utils.device_guard(x):
+        _hsic_gram_bwd_rowmean_kernel[(triton.cdiv(2 * m, br),)](grad, mu, 2 * m, m, BR=br, BLOCK_M=block_m,
+                                                                   num_warps=4)
+        _hsic_gram_bwd_kernel[(triton.cdiv(m, br), 2)](
+            grad, mu, r, lap, m, 2.0 * sigma * sigma * dx, 2.0 * sigma * sigma * dy, BR=br, BLOCK_M=block_m,
+            num_warps=8,  # as the epilogue
+        )
+        # One grid dimension: nx + ny column tiles pass 65 535 (the limit of dimensions 1 and 2) beyond
+        # dx + dy ≈ 4.2 M. Row tiles vary fastest: the programs that read one column tile of a run together.
+        # Occupancy 0.12 for fp32 (3xTF32, 138 registers): a pipelined wgmma GEMM, as the forward.
+        _hsic_gram_bwd_gemm_kernel[(m_tiles * (nx + ny),)](
+            lap, x, y, gx, gy, m, dx, dy, nx, m_tiles, BM=bm, BN=bn, BK=bk,
+            PRECISION_X="ieee" if interp else _precision(x.dtype),
+            PRECISION_Y="ieee" if interp else _precision(y.dtype),
+            num_warps=8, num_stages=NUM_STAGES,
+        )
     return gx, gy
 
 
@@ -376,5 +399,6 @@ def expm1(z: torch.Tensor) -> torch.Tensor:
     """The kernels' ``_expm1`` applied to a float32 tensor (to test its accuracy)."""
     z = z.contiguous().float()
     e = _utils.empty(z.shape, device=z.device, dtype=torch.float32)
-    _hsic_gram_expm1_kernel[(triton.cdiv(z.numel(), 1024),)](z, e, z.numel(), BLOCK=1024)
+    with _utils.device_guard(z):
+        _hsic_gram_expm1_kernel[(triton.cdiv(z.numel(), 1024),)](z, e, z.numel(), BLOCK=1024)
     return e

@@ -17,14 +17,18 @@ Backward, with dy = grad_out (M, D) already in the conv dtype (as autograd casts
 
 - ``_patch_embed_visible_bwd_dx_kernel``: dpatch = dy @ W for the kept rows, [BM rows, BK columns of K] tiles,
   fp32 accumulation over D, stored straight into the image layout of dimgs (the same addresses the forward
-  reads). ``_patch_embed_visible_bwd_zero_kernel`` writes exact zeros to every pixel of the other patches,
-  walking dimgs in its natural order with a per-patch "kept" flag (built by a scatter, no host sync). Together
-  they write every element of dimgs exactly once. ids_keep must hold distinct patches per sample (MAE's
-  argsort prefix always does); a repeated index would be written twice instead of summed.
+  reads). ``_patch_embed_visible_bwd_zero_kernel`` writes exact zeros to every pixel of the other patches: one
+  program per (image, patch), which returns at once when the patch is kept (a per-patch flag built by a
+  scatter, no host sync) and otherwise stores the [C·P rows, P pixels] patch. Together they write every element
+  of dimgs exactly once. ids_keep must hold distinct patches per sample (MAE's argsort prefix always does); a
+  repeated index would be written twice instead of summed.
 - ``_patch_embed_visible_bwd_dw_kernel``: dW = dyᵀ @ patches, [BD, BK] tiles, fp32 accumulation over the rows,
   which are re-gathered from imgs on the fly. The rows are split into SPLIT contiguous ranges so that small
   outputs (CIFAR: D × 12) still fill the GPU; each program writes its fp32 partial, the launcher sums them
   (deterministic, no atomics).
+
+ids_keep must lie in [0, L): with ``TRITON_DEBUG=1`` the kernels check it with device-side asserts (without it, an
+out-of-range index reads and writes out of bounds silently).
 
 Dot operands stay in the input dtype on the GPU (tensor cores). fp32 inputs use TF32 exactly when
 ``torch.backends.cudnn.allow_tf32`` is set, i.e. when ``F.conv2d``, the reference, would; IEEE fp32 otherwise.
@@ -51,8 +55,6 @@ BLOCK_N_MAX = 128
 """Largest tile of output columns (D in the forward and the weight gradient's rows)."""
 BLOCK_K_MAX = {2: 64, 4: 32}
 """Largest reduction step by element size: 64 for fp16/bf16, 32 for fp32 (shared memory of 3 stages)."""
-BLOCK_ZERO = 1024
-"""Pixels per program in the zero-fill of the masked patches."""
 NUM_STAGES = 3
 
 
@@ -60,6 +62,7 @@ NUM_STAGES = 3
 def _patch_rows(o_m, ids_ptr, m_m, L_KEEP, CHW, G, P: tl.constexpr):
     """Offset of each kept row's patch origin (c = 0, i = 0, j = 0) in imgs, and its patch index l."""
     b_l = tl.load(ids_ptr + o_m, mask=m_m, other=0).to(tl.int64)  # [BM]
+    tl.device_assert((b_l >= 0) & (b_l < G * G), "patch_embed_visible: ids_keep out of range [0, L)")
     o_n = o_m // L_KEEP  # [BM] sample
     o_base = o_n * CHW + (b_l // G) * (P * P * G) + (b_l % G) * P  # [BM] gh·P rows of W = G·P pixels
     return o_base, b_l
@@ -148,16 +151,20 @@ def _patch_embed_visible_bwd_dx_kernel(
 def _patch_embed_visible_bwd_zero_kernel(
     kept_ptr,  # kept (N, L) int8: 1 where the patch is in ids_keep
     dx_ptr,  # dimgs (N, C, H, W), contiguous: the other patches are zeroed here
-    NUMEL, L, G, HW, CHW,
-    P: tl.constexpr, BLOCK: tl.constexpr,
+    L, G, HW, CHW,
+    P: tl.constexpr, C: tl.constexpr, BR: tl.constexpr, BJ: tl.constexpr,
 ):
-    i_b = tl.program_id(0).to(tl.int64)
-    o_x = i_b * BLOCK + tl.arange(0, BLOCK)  # [BLOCK] flat pixel index
-    m_x = o_x < NUMEL
-    o_hw = o_x % HW
-    o_l = (o_hw // (G * P)) // P * G + (o_hw % (G * P)) // P  # [BLOCK] patch of each pixel
-    b_kept = tl.load(kept_ptr + (o_x // CHW) * L + o_l, mask=m_x, other=1)  # [BLOCK]
-    tl.store(dx_ptr + o_x, tl.zeros([BLOCK], dtype=dx_ptr.dtype.element_ty), mask=m_x & (b_kept == 0))
+    i_nl = tl.program_id(0).to(tl.int64)  # (image n, patch l)
+    if tl.load(kept_ptr + i_nl) != 0:
+        return  # the dx kernel writes this patch
+    i_n = i_nl // L
+    i_l = i_nl % L
+    o_base = i_n * CHW + (i_l // G) * (P * G * P) + (i_l % G) * P  # patch origin (c = 0, i = 0, j = 0)
+    o_r = tl.arange(0, BR)  # [BR] patch rows c·P + i
+    o_j = tl.arange(0, BJ)  # [BJ] pixels of a row, contiguous
+    p_dx = dx_ptr + o_base + ((o_r // P) * HW + (o_r % P) * (G * P))[:, None] + o_j[None, :]  # [BR, BJ]
+    m_rj = (o_r < C * P)[:, None] & (o_j < P)[None, :]
+    tl.store(p_dx, tl.zeros([BR, BJ], dtype=dx_ptr.dtype.element_ty), mask=m_rj)
 
 
 @triton.jit
@@ -253,12 +260,14 @@ def patch_embed_visible_fwd(imgs, weight, bias, pos_embed, ids_keep) -> torch.Te
     bn = _block(d, BLOCK_N_MAX)
     bk = _block(geo["K"], BLOCK_K_MAX[min(imgs.element_size(), 4)])
     grid = (triton.cdiv(geo["M"], BLOCK_M), triton.cdiv(d, bn))
-    _patch_embed_visible_fwd_kernel[grid](
-        imgs, weight, bias, pos_embed, ids_keep, y, **geo, BM=BLOCK_M, BN=bn, BK=bk,
-        **_dot_settings(imgs.dtype, imgs.device),
-        num_warps=8 if BLOCK_M * bn >= 64 * 128 else 4,
-        num_stages=2 if imgs.dtype == torch.float32 else NUM_STAGES,  # 3 stages spill 20 B in fp32 (sm_90)
-    )
+    with _utils.device_guard(imgs):
+        # Occupancy 0.12 only with TF32 off (IEEE dots: 158-210 registers), where independent FMAs hide latency.
+        _patch_embed_visible_fwd_kernel[grid](
+            imgs, weight, bias, pos_embed, ids_keep, y, **geo, BM=BLOCK_M, BN=bn, BK=bk,
+            **_dot_settings(imgs.dtype, imgs.device),
+            num_warps=8 if BLOCK_M * bn >= 64 * 128 else 4,
+            num_stages=2 if imgs.dtype == torch.float32 else NUM_STAGES,  # 3 stages spill 20 B in fp32 (sm_90)
+        )
     return y
 
 
@@ -273,19 +282,23 @@ def patch_embed_visible_bwd_imgs(grad_out, weight, ids_keep, imgs_shape) -> torc
         return dx
     kept = torch.zeros(n, length, device=weight.device, dtype=torch.int8)
     kept.scatter_(1, ids_keep, 1)
-    _patch_embed_visible_bwd_zero_kernel[(triton.cdiv(dx.numel(), BLOCK_ZERO),)](
-        kept, dx, dx.numel(), length, geo["G"], geo["HW"], geo["CHW"], P=geo["P"], BLOCK=BLOCK_ZERO, num_warps=4,
-    )
-    if geo["M"] == 0:
-        return dx
-    bk = _block(geo["K"], BLOCK_N_MAX)
-    bd = _block(geo["D"], BLOCK_K_MAX[min(weight.element_size(), 4)])
-    grid = (triton.cdiv(geo["M"], BLOCK_M), triton.cdiv(geo["K"], bk))
-    _patch_embed_visible_bwd_dx_kernel[grid](
-        grad_out, weight, ids_keep, dx, **geo, BM=BLOCK_M, BK=bk, BD=bd,
-        **_dot_settings(weight.dtype, weight.device),
-        num_warps=8 if BLOCK_M * bk >= 64 * 128 else 4, num_stages=NUM_STAGES,
-    )
+    p, c = geo["P"], imgs_shape[1]
+    br, bj = _utils.next_pow2(c * p, minimum=1), _utils.next_pow2(p, minimum=1)
+    with _utils.device_guard(weight):
+        _patch_embed_visible_bwd_zero_kernel[(n * length,)](
+            kept, dx, length, geo["G"], geo["HW"], geo["CHW"], P=p, C=c, BR=br, BJ=bj,
+            num_warps=max(1, min(4, br * bj // 256)),
+        )
+        if geo["M"] == 0:
+            return dx
+        bk = _block(geo["K"], BLOCK_N_MAX)
+        bd = _block(geo["D"], BLOCK_K_MAX[min(weight.element_size(), 4)])
+        grid = (triton.cdiv(geo["M"], BLOCK_M), triton.cdiv(geo["K"], bk))
+        _patch_embed_visible_bwd_dx_kernel[grid](
+            grad_out, weight, ids_keep, dx, **geo, BM=BLOCK_M, BK=bk, BD=bd,
+            **_dot_settings(weight.dtype, weight.device),
+            num_warps=8 if BLOCK_M * bk >= 64 * 128 else 4, num_stages=NUM_STAGES,
+        )
     return dx
 
 
@@ -302,11 +315,12 @@ def patch_embed_visible_bwd_weight(grad_out, imgs, ids_keep, weight_shape) -> to
     rows_per_split = triton.cdiv(row_tiles, split) * BLOCK_M
     split = max(1, triton.cdiv(m, rows_per_split))  # no empty ranges
     partial = _utils.empty((split, d, k), device=imgs.device, dtype=torch.float32)
-    _patch_embed_visible_bwd_dw_kernel[(triton.cdiv(d, bd), triton.cdiv(k, bk), split)](
-        grad_out, imgs, ids_keep, partial, **geo, ROWS_PER_SPLIT=rows_per_split, BM=BLOCK_M, BD=bd, BK=bk,
-        # fp32 with IEEE dots spills at 4 warps for p = 16 (ptxas, sm_90; bench/compile_check.py)
-        **_dot_settings(imgs.dtype, imgs.device), num_warps=8 if imgs.dtype == torch.float32 else 4,
-        num_stages=NUM_STAGES,
-    )
+    with _utils.device_guard(imgs):
+        _patch_embed_visible_bwd_dw_kernel[(triton.cdiv(d, bd), triton.cdiv(k, bk), split)](
+            grad_out, imgs, ids_keep, partial, **geo, ROWS_PER_SPLIT=rows_per_split, BM=BLOCK_M, BD=bd, BK=bk,
+            # fp32: 8 warps (IEEE dots spill at 4 for p = 16); occupancy 0.12 on Triton 3.6 with TF32 off, as fwd
+            **_dot_settings(imgs.dtype, imgs.device), num_warps=8 if imgs.dtype == torch.float32 else 4,
+            num_stages=NUM_STAGES,
+        )
     dw = partial[0] if split == 1 else partial.sum(0)
     return dw.to(imgs.dtype).reshape(weight_shape)

@@ -25,10 +25,13 @@ tests/ops/test_visible_attention.py; ratios of max errors to the reference's own
 - Two statistics instead of a single ``lse = m + log l``: ``S − m`` is exact near the maximum and ``log l`` is
   small, so the recomputed P is as accurate as the reference's. Rounding a single ``lse`` of magnitude ~60
   shifts every P of a row by ~2e-6 relative: dV up to 6× the reference's error.
-- Every kernel computes a score tile the same way, ``Q_blk K_blkᵀ`` with the forward's BM × BN shape, so the
-  recomputed scores are the forward's bit for bit (as far as the dot lowering is deterministic) and the row max
-  cancels exactly. The FA2 tutorial's ``K Qᵀ`` in the dK/dV kernel rounds differently: dV up to 10×. The price
-  is a transposed tile (``tl.trans``) in two of the dK/dV products.
+- Every kernel computes a score tile the same way, ``Q_blk K_blkᵀ`` with the forward's BM × BN shape, then
+  the product with the scale, rounded on its own, then the masking ``where``; so the recomputed scores are the
+  forward's bit for bit (as far as the dot lowering is deterministic) and the row max cancels exactly. The FA2
+  tutorial's ``K Qᵀ`` in the dK/dV kernel rounds differently: dV up to 10×; so does a product fused with the
+  subtraction of the row max into one FMA: dV up to 7×. The ``where`` between them keeps the compiler from
+  fusing (bench/compile_check.py checks the PTX: ``sm_scale`` is never a factor of an ``fma``). The price is a
+  transposed tile (``tl.trans``) in two of the dK/dV products.
 - Natural units (``tl.exp``) rather than FlashAttention's base 2: ``S · log2 e`` rounds at a larger magnitude.
 
 Layouts: q, k, v and dO are read through their strides (the model's q, k, v are permuted views of one
@@ -37,7 +40,7 @@ written in (N, T, H, hd) memory order and returned as its (N, H, T, hd) view, so
 ``o.transpose(1, 2).reshape(N, T, H·hd)`` is free; dq, dk, dv are contiguous.
 
 Limits: hd ≤ 128 (any value: the head dimension is padded with masks to the next power of two ≥ 16, as
-``tl.dot`` needs); any T ≥ 1 (the last block is masked); grids are (N·H, ⌈T/B⌉).
+``tl.dot`` needs); any T ≥ 1 (the last block is masked); grids are (N·H, ⌈T/B⌉), N·H < 2³¹, ⌈T/B⌉ ≤ 65 535.
 Block sizes are fixed heuristics (``_blocks``), not autotuned: T ≤ 257 here, so one sequence is only a few
 blocks and the N·H programs fill the GPU; a measured sweep belongs in bench/results.
 """
@@ -56,17 +59,22 @@ MAX_HEAD_DIM = 128
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _blocks(t: int, bd: int, dtype: torch.dtype) -> tuple[int, int, int]:
-    """(BM query rows, BN key rows, warps) of a score tile, shared by all kernels: 64 × 64 at 4 warps, BN halved
-    at hd > 64 to bound registers, both shrunk to the next power of two ≥ 16 of a short sequence. fp32 (IEEE
-    dots) takes 32 × 32 at 8 warps: at 64 × 64 every matmul kernel spills (up to 44 KB per thread at hd 64;
-    ptxas, sm_90, bench/compile_check.py). The forward and dQ kernels keep BM queries resident and stream keys;
-    the dK/dV kernel keeps BN keys resident and streams queries."""
+def _blocks(t: int, bd: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """(BM query rows, BN key rows, warps, dK/dV pipeline stages) of a score tile, shared by all kernels.
+
+    fp16/bf16: 64 × 64 at 4 warps, BN halved at hd > 64 to bound registers. fp32 (IEEE dots, on CUDA cores):
+    32 × 32 at 8 warps; at 64 × 64 every matmul kernel spills (up to 44 KB per thread at hd 64). At hd > 64
+    (BD = 128) fp32 takes 16 × 16 at 4 warps and an unpipelined dK/dV loop: 32 × 32 gives the dK/dV kernel 255
+    registers and 672 B of spills. Both shrink to the next power of two ≥ 16 of a short sequence. (ptxas, sm_90,
+    bench/compile_check.py.) The forward and dQ kernels keep BM queries resident and stream keys; the dK/dV
+    kernel keeps BN keys resident and streams queries."""
+    if dtype == torch.float32 and bd > 64:
+        return min(16, _utils.next_pow2(t)), min(16, _utils.next_pow2(t)), 4, 1
     if dtype == torch.float32:
-        return min(32, _utils.next_pow2(t)), min(32, _utils.next_pow2(t)), 8
+        return min(32, _utils.next_pow2(t)), min(32, _utils.next_pow2(t)), 8, 2
     bm = min(64, _utils.next_pow2(t))
     bn = min(64 if bd <= 64 else 32, _utils.next_pow2(t))
-    return bm, bn, 4
+    return bm, bn, 4, 2
 
 
 @triton.jit
@@ -178,8 +186,10 @@ def _visible_attention_bwd_dkdv_kernel(
         b_delta = tl.load(delta_ptr + i_nh * T + o_m, mask=m_m, other=0.0)  # [BM]
         # [BM, BD] @ [BD, BN] -> [BM, BN]: the forward's score tile, same operands, shape and order
         b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * sm_scale
+        # the product is rounded before the row max is subtracted, as in the forward: the select between them
+        # keeps the two from fusing into one FMA. Padded query rows get p = 0.
+        b_s = tl.where(m_m[:, None], b_s, float("-inf"))
         b_p = tl.exp((b_s - b_mx[:, None]) - b_logl[:, None])
-        b_p = tl.where(m_m[:, None], b_p, 0.0)  # padded query rows contribute nothing
         # [BN, BM] @ [BM, BD] -> [BN, BD]
         b_dv += tl.dot(tl.trans(b_p.to(b_do.dtype)), b_do, input_precision=PRECISION)
         # [BM, BD] @ [BD, BN] -> [BM, BN]
@@ -230,8 +240,9 @@ def _visible_attention_bwd_dq_kernel(
         b_v = tl.load(v_base + o_n[:, None] * svt + o_d[None, :], mask=m_nd, other=0.0)  # [BN, BD]
         # [BM, BD] @ [BD, BN] -> [BM, BN]
         b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * sm_scale
+        # rounded, then masked as in the forward (no FMA with the row max; padded keys get p = 0)
+        b_s = tl.where(m_n[None, :], b_s, float("-inf"))
         b_p = tl.exp((b_s - b_mx[:, None]) - b_logl[:, None])
-        b_p = tl.where(m_n[None, :], b_p, 0.0)  # padded keys contribute nothing
         # [BM, BD] @ [BD, BN] -> [BM, BN]
         b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
         b_ds = b_p * (b_dp - b_delta[:, None])
@@ -280,13 +291,15 @@ def visible_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> 
     o = _utils.empty((n, t, h, d), device=q.device, dtype=q.dtype).permute(0, 2, 1, 3)
     stats = _utils.empty((2, n, h, t), device=q.device, dtype=torch.float32)
     bd = _utils.next_pow2(d)
-    bm, bn, warps = _blocks(t, bd, q.dtype)
-    _visible_attention_fwd_kernel[(n * h, triton.cdiv(t, bm))](
-        q, k, v, o, stats[0], stats[1],
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
-        h, t, d, d**-0.5,
-        BM=bm, BN=bn, BD=bd, PRECISION=_precision(q.dtype), num_warps=warps, num_stages=2,
-    )
+    bm, bn, warps, _ = _blocks(t, bd, q.dtype)
+    # Occupancy 0.12-0.19 (136-142 registers), as FlashAttention-2: 2-stage K/V pipelining hides the latency.
+    with _utils.device_guard(q):
+        _visible_attention_fwd_kernel[(n * h, triton.cdiv(t, bm))](
+            q, k, v, o, stats[0], stats[1],
+            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
+            h, t, d, d**-0.5,
+            BM=bm, BN=bn, BD=bd, PRECISION=_precision(q.dtype), num_warps=warps, num_stages=2,
+        )
     return o, stats
 
 
@@ -314,20 +327,22 @@ def visible_attention_bwd(
     precision = _precision(q.dtype)
     delta = _utils.empty((n, h, t), device=q.device, dtype=torch.float32)
     dq, dk, dv = (_utils.empty((n, h, t, d), device=q.device, dtype=q.dtype) for _ in range(3))
-    bm, bn, warps = _blocks(t, bd, q.dtype)
-    _visible_attention_bwd_delta_kernel[(n * h, triton.cdiv(t, bm))](
-        o, do, delta, *o.stride()[:3], *do.stride()[:3], h, t, d, BM=bm, BD=bd,
-    )
+    bm, bn, warps, dkdv_stages = _blocks(t, bd, q.dtype)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
-    # The forward's BM × BN tiles in both kernels (module docstring: recomputed scores match the forward's).
-    _visible_attention_bwd_dkdv_kernel[(n * h, triton.cdiv(t, bn))](
-        q, k, v, do, stats[0], stats[1], delta, dk, dv, *strides, h, t, d, d**-0.5,
-        BM=bm, BN=bn, BD=bd, PRECISION=precision, num_warps=warps, num_stages=2,
-    )
-    _visible_attention_bwd_dq_kernel[(n * h, triton.cdiv(t, bm))](
-        q, k, v, do, stats[0], stats[1], delta, dq, *strides, h, t, d, d**-0.5,
-        BM=bm, BN=bn, BD=bd, PRECISION=precision, num_warps=warps, num_stages=2,
-    )
+    with _utils.device_guard(q):
+        _visible_attention_bwd_delta_kernel[(n * h, triton.cdiv(t, bm))](
+            o, do, delta, *o.stride()[:3], *do.stride()[:3], h, t, d, BM=bm, BD=bd,
+        )
+        # The forward's BM × BN tiles in both kernels (module docstring: recomputed scores match the forward's).
+        # Occupancy 0.12-0.19 (up to 242 registers) as in FlashAttention-2: tiles must stay the forward's BM × BN.
+        _visible_attention_bwd_dkdv_kernel[(n * h, triton.cdiv(t, bn))](
+            q, k, v, do, stats[0], stats[1], delta, dk, dv, *strides, h, t, d, d**-0.5,
+            BM=bm, BN=bn, BD=bd, PRECISION=precision, num_warps=warps, num_stages=dkdv_stages,
+        )
+        _visible_attention_bwd_dq_kernel[(n * h, triton.cdiv(t, bm))](
+            q, k, v, do, stats[0], stats[1], delta, dq, *strides, h, t, d, d**-0.5,
+            BM=bm, BN=bn, BD=bd, PRECISION=precision, num_warps=warps, num_stages=2,
+        )
     return dq, dk, dv
 
 

@@ -22,7 +22,8 @@ def _inputs(shape: dict, device: torch.device, dtype: torch.dtype, requires_grad
     n, c, px, p = shape["n"], shape["c"], shape["px"], shape["p"]
     length = (px // p) ** 2
     imgs = torch.randn(n, c, px, px, device=device, dtype=dtype, requires_grad=requires_grad)
-    pred = torch.randn(n, length, p * p * c, device=device, dtype=dtype, requires_grad=requires_grad)
+    # the decoder's x[:, 1:, :] (CLS row dropped), a view with row stride (1 + L)·K, as the model passes it
+    pred = torch.randn(n, 1 + length, p * p * c, device=device, dtype=dtype, requires_grad=requires_grad)[:, 1:]
     _, _, mask = masking_indices(torch.rand(n, length, device=device), length // 4)  # fp32, as the model's
     return imgs, pred, mask, p, shape["norm_pix"]
 

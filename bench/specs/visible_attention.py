@@ -87,6 +87,8 @@ SPEC = OpSpec(
         "mimir_dec_b256": dict(n=256, h=16, t=197, hd=8),  # MIMIR decoder: 128 wide, 16 heads, 1 + 196 tokens
         "mae_dec_b256": dict(n=256, h=16, t=197, hd=32),  # MAE decoder: 512 wide, 16 heads
         "cifar_p2": dict(n=256, h=6, t=65, hd=64),  # ViT-S, CIFAR 32 px, patch 2: 1 + 64 of 256 patches
+        "vit_h_enc_b64": dict(n=64, h=16, t=65, hd=80),  # ViT-H/14 encoder, 224 px, 75 % masked: 1 + 64 tokens
+        "hd128_b64": dict(n=64, h=8, t=65, hd=128),  # the largest head dimension the kernel takes
     },
     make_inputs=_inputs,
     providers=_PROVIDERS,

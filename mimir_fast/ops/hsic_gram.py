@@ -21,6 +21,8 @@ from ._dispatch import use_triton
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_M = 1024
 """Largest sample count of the kernel (``mimir_fast.kernels.hsic_gram.MAX_M``)."""
+MAX_D = 2**31 - 1
+"""Largest width of a variable in the kernel (``mimir_fast.kernels.hsic_gram.MAX_D``)."""
 
 
 def gaussian_kernel_centered(a: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -126,9 +128,9 @@ def hsic_gram(x: torch.Tensor, y: torch.Tensor, sigma: float) -> torch.Tensor:
         raise ValueError(f"hsic_gram: expected x (m, dx) and y (m, dy), got {tuple(x.shape)} and {tuple(y.shape)}")
     m = x.shape[0]
     supported = (x.dtype in SUPPORTED_DTYPES and y.dtype in SUPPORTED_DTYPES and 2 <= m <= MAX_M
-                 and x.shape[1] > 0 and y.shape[1] > 0)
-    reason = (f"needs float32/float16/bfloat16 inputs, 2 ≤ m ≤ {MAX_M} and non-empty rows; got {x.dtype} "
-              f"{tuple(x.shape)} and {y.dtype} {tuple(y.shape)}")
+                 and 0 < x.shape[1] <= MAX_D and 0 < y.shape[1] <= MAX_D)
+    reason = (f"needs float32/float16/bfloat16 inputs, 2 ≤ m ≤ {MAX_M} and 1 ≤ d ≤ {MAX_D} columns; got "
+              f"{x.dtype} {tuple(x.shape)} and {y.dtype} {tuple(y.shape)}")
     if not use_triton("hsic_gram", x, y, supported=supported, reason=reason):
         return hsic_gram_ref(x, y, sigma)
     out, _ = hsic_gram_fwd(x, y, float(sigma))

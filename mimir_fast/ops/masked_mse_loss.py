@@ -50,7 +50,8 @@ def masked_mse_loss_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     from mimir_fast.kernels import masked_mse_loss as kernels
 
-    return kernels.masked_mse_loss_fwd(imgs.contiguous(), pred.contiguous(), mask.contiguous(), patch_size, norm_pix)
+    # pred as it comes (the model's is the view x[:, 1:, :]): the kernel reads it through its strides
+    return kernels.masked_mse_loss_fwd(imgs.contiguous(), pred, mask.contiguous(), patch_size, norm_pix)
 
 
 @masked_mse_loss_fwd.register_fake
@@ -66,7 +67,7 @@ def masked_mse_loss_bwd(
     from mimir_fast.kernels import masked_mse_loss as kernels
 
     return kernels.masked_mse_loss_bwd(
-        grad_loss.contiguous(), imgs.contiguous(), pred.contiguous(), mask.contiguous(), mask_sum.contiguous(),
+        grad_loss.contiguous(), imgs.contiguous(), pred, mask.contiguous(), mask_sum.contiguous(),
         patch_size, norm_pix, need_imgs, need_pred,
     )
 

@@ -56,3 +56,15 @@ def assert_equal(name: str, ref: torch.Tensor, tri: torch.Tensor):
     assert tri.shape == ref.shape, f"{name}: shape {tuple(tri.shape)} != {tuple(ref.shape)}"
     assert not torch.isnan(tri).any() or torch.isnan(ref).any(), f"{name}: NaN in the kernel's output"
     assert torch.equal(tri, ref), f"{name}: max difference {max_err(ref, tri):.3e}"
+
+
+
+def enable_device_asserts(monkeypatch):
+    """What ``TRITON_DEBUG=1`` does on a GPU (kernels compile their ``tl.device_assert`` checks), in Triton's
+    interpreter, which ignores that switch: its builder's options get ``debug=True`` for the rest of the test."""
+    import dataclasses
+
+    from triton.runtime import interpreter
+
+    builder = interpreter.interpreter_builder
+    monkeypatch.setattr(builder, "options", dataclasses.replace(builder.options, debug=True))

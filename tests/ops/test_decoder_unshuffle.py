@@ -12,7 +12,7 @@ import torch
 from mimir_fast.models_mae import MaskedAutoencoderViT, masking_indices
 from mimir_fast.ops._dispatch import KernelUnavailable
 from mimir_fast.ops.decoder_unshuffle import decoder_unshuffle, decoder_unshuffle_ref
-from tests.ops._testing import assert_close, assert_equal
+from tests.ops._testing import assert_close, assert_equal, enable_device_asserts
 
 # (N, L, L_keep, Dd): L = 4..196 (MIMIR at 224/16), L_keep = L/4 and odd counts, none and all kept,
 # Dd not a power of two (40, 200: two 128-column tiles when BD caps) and smaller than one 16-wide tile (8).
@@ -148,6 +148,21 @@ def test_cpu_dispatch_runs_the_reference(monkeypatch, mode):
     assert_equal("out", ref, out)
     for name, r, g in zip(NAMES, ref_grads, grads):
         assert_equal(name, r, g)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a device-side assert ends the CUDA context; interpreter only")
+def test_out_of_range_ids_restore_stop_the_kernel_in_debug(monkeypatch):
+    """With TRITON_DEBUG=1 an index outside [0, L) is a device-side assert (else read as a mask token, or out of
+    bounds when negative)."""
+    from triton.runtime.errors import InterpreterError
+
+    monkeypatch.setenv("MIMIR_FAST_KERNELS", "triton")
+    enable_device_asserts(monkeypatch)
+    (x, mask_token, pos), ids_restore = make_inputs(3, 16, 4, 40, torch.device("cpu"), torch.float32)
+    bad = ids_restore.clone()
+    bad[1, 5] = 16  # L = 16
+    with torch.no_grad(), pytest.raises(InterpreterError, match="ids_restore out of range"):
+        decoder_unshuffle(x, mask_token, bad, pos)
 
 
 def test_triton_rejects_unsupported(monkeypatch, kernel_device):

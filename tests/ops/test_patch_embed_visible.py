@@ -11,7 +11,7 @@ import torch
 from mimir_fast.models_mae import MaskedAutoencoderViT, masking_indices
 from mimir_fast.ops._dispatch import KernelUnavailable
 from mimir_fast.ops.patch_embed_visible import patch_embed_visible, patch_embed_visible_ref
-from tests.ops._testing import assert_close, assert_equal
+from tests.ops._testing import assert_close, assert_equal, enable_device_asserts
 
 # (N, C, image side, p, D, L_keep): p = 2, 4, 8, 16 (K = C·p² = 12, 16, 48, 192, 256, 768), D not powers of two,
 # odd L_keep, rows spanning several 64-row tiles and D spanning two 128-column tiles.
@@ -180,6 +180,20 @@ def test_cpu_dispatch_runs_the_reference(monkeypatch, mode):
     assert_equal("out", ref, out)
     for name, r, g in zip(["dimgs", "dweight", "dbias", "dpos"], ref_grads, grads):
         assert_equal(name, r, g)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a device-side assert ends the CUDA context; interpreter only")
+def test_out_of_range_ids_keep_stop_the_kernel_in_debug(monkeypatch):
+    """With TRITON_DEBUG=1 an index outside [0, L) is a device-side assert (else a silent out-of-bounds read)."""
+    from triton.runtime.errors import InterpreterError
+
+    monkeypatch.setenv("MIMIR_FAST_KERNELS", "triton")
+    enable_device_asserts(monkeypatch)
+    leaves, ids_keep = make_inputs(3, 3, 8, 2, 24, 7, torch.device("cpu"), torch.float32)
+    bad = ids_keep.clone()
+    bad[0, 2] = 16  # L = 16 patches: reads sample 1's pixels without the check
+    with torch.no_grad(), pytest.raises(InterpreterError, match="ids_keep out of range"):
+        patch_embed_visible(*leaves, bad)
 
 
 def test_triton_rejects_unsupported(monkeypatch, kernel_device):
