@@ -1,7 +1,7 @@
 """The reference-style step: the execution choices of the reference MIMIR pretraining loop, for comparison only.
 
-Reimplemented from the descriptions in mimir-spec.md §2–§4 and performance-model.md §0.3 (no reference code is
-copied); the maths is MIMIR's, only the way it is executed differs from ``mimir_fast.train.engine.train_step``:
+Written from a description of the reference loop (no reference code is copied); the maths is MIMIR's, only the
+way it is executed differs from ``mimir_fast.train.engine.train_step``:
 
 - **eager**, with the plain-PyTorch op paths (``MIMIR_FAST_KERNELS=torch``: none of this project's Triton kernels);
 - **fp16 autocast with ``torch.amp.GradScaler``** on CUDA, used as MAE's loss scaler uses it: scale, backward,

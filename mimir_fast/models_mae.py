@@ -1,20 +1,10 @@
-"""A drop-in ``models_mae`` for facebookresearch/mae and MIMIR.
+"""A drop-in ``models_mae`` for facebookresearch/mae and MIMIR: ``MaskedAutoencoderViT`` and its factories.
 
-``MaskedAutoencoderViT`` has MAE's constructor arguments, methods, state_dict keys and shapes, and masking
-RNG: with the same seed, MAE and this module draw the same mask and give the same loss. It adds MIMIR's
-adversarial forward, ``forward(imgs, mask_ratio, adv_images=x_adv)``, which encodes ``x_adv`` and
-reconstructs the clean ``imgs``.
-
-Factories take ``img_size``, ``patch_size`` and ``norm_pix_loss`` (and any other constructor argument):
-
-- MAE (decoder 512 wide, 8 blocks, 16 heads): ``mae_vit_base_patch16``, ``mae_vit_large_patch16``,
-  ``mae_vit_huge_patch14``;
-- MIMIR (decoder 128 wide, 2 blocks, 16 heads): ``mae_vit_ti``, ``mae_vit_small``, ``mae_vit_base``,
-  ``mae_vit_large``;
-- ``mae_vit_micro``: a 128-wide, 6-block encoder with MIMIR's decoder, sized for the CPU demo.
-
-Shapes use N = batch, L = patches, p = patch side, D = encoder width, Dd = decoder width,
-L_keep = ``int(L · (1 - mask_ratio))``.
+It has MAE's constructor arguments, methods, state_dict and masking RNG, MIMIR's adversarial forward
+(``adv_images``), NIM's noisy forward (``noisy_images``) and a full-order ``reconstruct``. Factories: MAE's
+``mae_vit_base_patch16``, ``mae_vit_large_patch16``, ``mae_vit_huge_patch14`` (decoder 512 × 8), MIMIR's
+``mae_vit_ti``, ``mae_vit_small``, ``mae_vit_base``, ``mae_vit_large`` (decoder 128 × 2) and ``mae_vit_micro``.
+Shapes: N batch, L patches, p patch side, D / Dd encoder / decoder width, L_keep = ``int(L · (1 − mask_ratio))``.
 """
 
 from __future__ import annotations

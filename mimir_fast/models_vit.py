@@ -1,19 +1,8 @@
-"""A ViT classifier with MAE fine-tuning semantics (facebookresearch/mae and MIMIR ``models_vit``).
-
-It classifies by the global average of the patch tokens (CLS excluded), then ``fc_norm``, then ``head``;
-drop-path rises linearly with depth and ``pos_embed`` is trainable. Its state_dict has the keys and shapes
-of timm's ``VisionTransformer(global_pool='avg', qkv_bias=True)``, so an export loads there with
-``strict=True`` and gives the same logits.
-
-Weights come from a MAE or MIMIR pretraining checkpoint (``load_pretrained_encoder``: the decoder,
-``mask_token`` and MAE's final ``norm`` are dropped) or from scratch. Scratch models start from MAE's
-initialisation (xavier-uniform linears and patch conv, N(0, .02) CLS, sin-cos positions) so that the
-only difference from a pretrained start is the pretraining. The head is trunc-normal with ``head_init_std``.
-
-Factories take ``img_size``, ``patch_size``, ``num_classes`` and ``drop_path_rate``: MIMIR's ``vit_ti``,
-``vit_small``, ``vit_base``, ``vit_large``; MAE's ``vit_base_patch16``, ``vit_large_patch16``,
-``vit_huge_patch14``; and ``vit_micro`` (the demo size). ``PRETRAIN_TO_CLASSIFIER`` maps each
-``models_mae`` factory to its classifier.
+"""The fine-tuning classifier (facebookresearch/mae and MIMIR ``models_vit``): global average of the patch tokens,
+``fc_norm``, ``head``; drop-path rising over depth; a trainable ``pos_embed``. Its state_dict loads strict into
+timm's ``VisionTransformer(global_pool='avg', qkv_bias=True)``. The encoder comes from a pretraining checkpoint
+(``load_pretrained_encoder``) or starts from MAE's initialisation. Factories: ``vit_ti``, ``vit_small``,
+``vit_base``, ``vit_large``, ``vit_base_patch16``, ``vit_large_patch16``, ``vit_huge_patch14``, ``vit_micro``.
 """
 
 from __future__ import annotations

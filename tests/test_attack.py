@@ -17,7 +17,7 @@ def tiny_mae(norm_pix=True):
 
 
 def spec_pgd(model, images, eps, alpha, steps):
-    """mimir-spec.md §2, written out: uniform start in the ε-ball, then K signed steps, fresh mask each."""
+    """MIMIR's pretraining attack, written out: uniform start in the ε-ball, then K signed steps, fresh mask each."""
     x = (images + torch.empty_like(images).uniform_(-eps, eps)).clamp(0, 1)
     for _ in range(steps):
         x = x.detach().requires_grad_(True)

@@ -1,4 +1,4 @@
-"""NIM/De^3 classifier fine-tuning (``finetune --method de3``, nim-maep-spec.md §A.3): the per-image σ, the training
+"""NIM/De^3 classifier fine-tuning (``finetune --method de3``, docs/purifiers.md): the per-image σ, the training
 input against a hand re-derivation, the frozen purifier outside the classifier, seeded validation, a short run on
 the embedded digits that resumes exactly, and one-line CLI errors."""
 

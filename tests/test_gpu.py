@@ -94,7 +94,7 @@ def test_bf16_loss_error_is_within_twice_pytorchs_own():
 
 
 def test_bf16_attack_gradients_do_not_underflow():
-    """mimir-spec.md §2 suspects fp16 underflow of ∇x at large batches; bf16 keeps fp32's exponent range."""
+    """fp16 can underflow the attack's ∇x at large batches (docs/fidelity.md); bf16 keeps fp32's exponent range."""
     model = create_model("mae_vit_small", img_size=224, patch_size=16, norm_pix_loss=True).to(CUDA)
     imgs = torch.rand(256, 3, 224, 224, device=CUDA)
     x = imgs.clone().requires_grad_(True)

@@ -1,4 +1,4 @@
-"""MAEP (nim-maep-spec.md §B): loss terms against a re-derivation, LoRA, the purifier, a short training run."""
+"""MAEP (docs/purifiers.md): loss terms against a re-derivation, LoRA, the purifier, a short training run."""
 
 import json
 

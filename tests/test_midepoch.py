@@ -40,7 +40,7 @@ def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path, monkeypatch):
             shutil.copy(out, kept / f"mid-{state['epoch']}-{state['step']}.pth")
         return out
 
-    monkeypatch.setattr("mimir_fast.train.runner.save_checkpoint", save_and_keep)
+    monkeypatch.setattr("mimir_fast.train.midepoch.save_checkpoint", save_and_keep)
     run_pretrain(_cfg(tmp_path / "a"))
     assert sorted(p.name for p in kept.iterdir()) == ["mid-0-4.pth", "mid-0-8.pth", "mid-1-4.pth", "mid-1-8.pth"]
     assert not (tmp_path / "a" / "checkpoint-mid.pth").exists()  # superseded by checkpoint-1.pth

@@ -1,4 +1,4 @@
-"""NIM pretraining and the De^3 defence (nim-maep-spec.md §A): noise statistics, the loss against a re-derivation,
+"""NIM pretraining and the De^3 defence (docs/purifiers.md): noise statistics, the loss against a re-derivation,
 the purifier's range, randomness and de-normalisation, errors, and a short training run whose loss falls."""
 
 import json

@@ -72,7 +72,7 @@ def test_hsic_trains_the_encoder_only():
 
 @pytest.mark.parametrize("steps", [1, 3])
 def test_step_cost_is_the_mae_step_plus_2f_per_attack_step(steps):
-    """performance-model.md §1c: each attack step is a forward plus an input-only backward (2F) on top of the
+    """The cost model (bench/README.md): each attack step is a forward plus an input-only backward (2F) on top of the
     training step. (The (2K + 3)/3 ratio is this, up to the patch-embedding input gradient, which the training
     backward skips.) The HSIC penalty is left out: its Gram matrices are visible only for toy models."""
     model = tiny_mae()

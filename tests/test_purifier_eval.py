@@ -1,4 +1,4 @@
-"""Evaluation fit for purifiers (nim-maep-spec.md §C): EOT, BPDA, seeded scoring draws, gray-box, MAEP, γ sweep."""
+"""Evaluation fit for purifiers (docs/purifiers.md): EOT, BPDA, seeded scoring draws, gray-box, MAEP, γ sweep."""
 
 import json
 

@@ -1,15 +1,8 @@
-"""Attacks on classifiers, all L∞ and on inputs in [0, 1], all computing input gradients only.
+"""Attacks on classifiers, all L∞ on inputs in [0, 1], input gradients only, under ``linf.attack_mode``.
 
-- ``pgd``: Madry et al.'s PGD on the mean cross-entropy with a uniform random start (torchattacks ``PGD``
-  semantics, which MIMIR uses for adversarial fine-tuning and for its PGD-20/PGD-100 evaluation).
-- ``trades_attack``: TRADES' inner maximisation of KL(f(x') ‖ f(x)) from x + 0.001·N(0, I).
-- ``pgd_mi``: MIMIR's adaptive attack (``adaptive_attack/pgd_mi.py``): PGD on
-  CE(f(x'), y) + λ·HSIC_nCCA(features(x'), x'), with ``features`` the classifier's ``forward_features``
-  (the pooled, ``fc_norm``'d patch tokens, as MIMIR's global-pool model returns them) and x' not detached.
-
-Each runs under ``linf.attack_mode`` (eval mode, no drop-path; weights frozen) and restores the model.
-``start`` lets a caller supply the random start (e.g. drawn per example, so that results do not depend on how
-examples are batched).
+- ``pgd``: PGD on the mean cross-entropy from a uniform random start (torchattacks' ``PGD``, as MIMIR uses it);
+- ``trades_attack``: TRADES' maximisation of KL(f(x') ‖ f(x)) from x + 0.001·N(0, I);
+- ``pgd_mi``: MIMIR's adaptive attack, PGD on CE(f(x'), y) + λ·HSIC_nCCA(features(x'), x').
 """
 
 from __future__ import annotations

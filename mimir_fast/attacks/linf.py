@@ -1,14 +1,8 @@
-"""The L∞ PGD loop every attack here shares, and the mode attacks run under (eval, weights frozen).
+"""The L∞ PGD loop every attack here shares, and the mode attacks run in (eval, weights frozen).
 
-``linf_pgd`` maximises ``objective(x)`` over the ε-ball around ``images`` intersected with [0, 1]:
-``x ← clip₀¹(x₀ + clip±ε(x + α·sign(∇ₓ objective) − x₀))``. Only the input gradient is computed
-(``torch.autograd.grad(loss, x)``, under ``attack_mode``'s frozen weights), so weight-gradient work is pruned,
-eager or compiled, and no ``.grad`` is touched.
-
-For a randomised model (a purifier that draws noise on each forward) ``eot_iter`` = K > 1 takes each step on
-the expectation-over-transformation gradient (Athalye et al. 2018): the mean of K input gradients, each from
-its own forward with its own random draw, ``(1/K) Σₖ ∇ₓ objective_k(x)``. The K passes run one after another,
-so memory stays that of one pass.
+``linf_pgd`` maximises ``objective(x)`` over the ε-ball around the images intersected with [0, 1]:
+``x ← clip₀¹(x₀ + clip±ε(x + α·sign(∇ₓ objective) − x₀))``, with input gradients only. ``eot_iter`` K > 1 steps
+on the mean of K gradients, each from its own forward (EOT, for randomised models).
 """
 
 from __future__ import annotations

@@ -1,14 +1,7 @@
-"""MIMIR's pretraining attack: L∞ PGD on the MAE self-reconstruction loss (``pgd_mae/pgd_mae.py``).
+"""MIMIR's pretraining attack: L∞ PGD on the MAE self-reconstruction loss of the perturbed image.
 
-Each step calls ``model(x_adv, mask_ratio)``: it draws a fresh random mask and reconstructs ``x_adv``
-itself (norm-pix target included), and the gradient flows through encoder, decoder and the target's
-per-patch normalisation. No labels and no HSIC enter the attack.
-
-Only input gradients are computed: ``torch.autograd.grad(loss, x_adv)`` runs the backward pass to the
-input and prunes every weight-gradient GEMM (a step costs ≈ 2 forward passes, not 3; the weights are
-frozen during the attack so that a compiled forward's backward is pruned too, ``linf.attack_mode``), and no
-parameter's ``.grad`` is touched. As in the reference, the model is put in eval mode during the attack
-and its mode restored afterwards (this changes nothing for MAE, which has no dropout).
+Each step calls ``model(x_adv, mask_ratio)`` (a fresh mask; the target is x_adv itself, norm-pix included) and
+takes the input gradient only, under ``linf.attack_mode`` (eval mode, weights frozen, restored afterwards).
 """
 
 from __future__ import annotations

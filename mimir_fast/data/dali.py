@@ -1,34 +1,9 @@
 """NVIDIA DALI training loader for image folders: GPU (hardware JPEG) or CPU decoding, sharded by rank.
 
-DALI is optional: ``nvidia.dali`` is imported only when a loader is built, and ``require_dali`` turns its
-absence into a one-line ``ConfigError``. The augmentation mirrors the torchvision training transform of the
-run (``mimir_fast.data.transforms``), read from the dataset's transform so the two backends cannot drift:
-
-- inputs above 64 px: ``decoders.image_random_crop`` (RandomResizedCrop: area in [min_crop_scale, 1], aspect
-  ratio in [3/4, 4/3]), bicubic antialiased resize to S × S, random horizontal flip;
-- inputs of 64 px or less: decode, resize to S × S, zero-pad 4 px and take a random S × S window at one of
-  the 9 × 9 integer offsets (RandomCrop(padding=4)), random horizontal flip;
-- ``augment=False`` (tests): decode and resize the whole image to S × S, no flip.
-
-Pixels stay in [0, 1] (``crop_mirror_normalize`` with mean 0 and std 255, CHW). DALI has no bf16 output
-type, so a bf16 request gets fp16 from DALI (half the bytes of fp32) and one cast on the torch side; the
-training runner asks for fp32, because the PGD attack builds its perturbation with ``empty_like(images)``.
-
-On the ``gpu`` device the decoder runs on DALI's ``mixed`` backend (nvJPEG; ``hw_decoder_load`` of the
-JPEGs go to the A100/H100 hardware decoder) and every later op on the GPU, so batches arrive on the GPU.
-The ``cpu`` device (``device_id=None``) needs no GPU at all; it is what CI tests.
-
-Order and sharding: each epoch takes a global permutation of the file list from its seed (the same seed on
-every rank), cut to a multiple of the world size, and ``readers.file`` reads shard ``rank`` of
-``world_size`` (contiguous, equal-sized, disjoint). DALI's own ``random_shuffle`` is off on purpose: it only
-shuffles inside a 1,024-sample buffer over a list it permutes once, so every epoch would see nearly the
-same order. A loader is one epoch of ``(N // world_size) // batch_size`` full batches (the rest is dropped).
-
-Mid-epoch resume: ``DaliLoader.position`` counts the batches handed out this epoch, and ``state_dict()``
-saves it with the epoch seed. A loader built with the same seed and ``skip=position`` runs the pipeline for
-``position`` batches and discards them, so the next batch is bit-identical to an uninterrupted run's. The
-cost is decoding the skipped batches: at the loader's own rate (e.g. about 16 s for half an ImageNet epoch
-on one of 8 GPUs at 5,000 img/s), paid once at resume.
+DALI is imported only when a loader is built. The augmentation mirrors the run's torchvision training transform
+(read from the dataset, so the backends cannot drift); pixels stay in [0, 1], CHW. Each epoch is a global
+permutation from a seed every rank shares, cut into equal ``rank`` shards of full batches; ``DaliLoader.position``
+and ``skip=`` resume inside an epoch bit-identically (the skipped batches are decoded and discarded).
 """
 
 from __future__ import annotations
@@ -137,6 +112,8 @@ def build_pipeline(files: Sequence[str], labels: Sequence[int], spec: DaliSpec, 
     if gpu:
         decoder_args["hw_decoder_load"] = spec.hw_decoder_load
     with pipe:
+        # DALI's own shuffle only mixes a 1,024-sample buffer over a list it permutes once (every epoch would see
+        # nearly the same order): the epoch's permutation comes with ``files`` instead
         jpegs, label = fn.readers.file(files=list(files), labels=list(labels), shard_id=shard_id,
                                        num_shards=num_shards, random_shuffle=False, pad_last_batch=False,
                                        name="Reader")

@@ -1,4 +1,4 @@
-"""Image transforms. Pixels stay in [0, 1]: no mean/std normalisation anywhere (mimir-spec.md §9.1).
+"""Image transforms. Pixels stay in [0, 1]: no mean/std normalisation anywhere, as in MIMIR.
 
 Pretraining follows MIMIR: RandomResizedCrop(scale 0.2–1, bicubic) plus flip for ImageNet-size inputs
 (fine-tuning: scale 0.08–1), RandomCrop(padding 4) plus flip for 32 and 64 px inputs (an image of another

@@ -1,24 +1,9 @@
 """AutoAttack with the semantics of fra31/auto-attack, built from torchattacks' attack classes.
 
-We use torchattacks (maintained, on PyPI) for the four attacks, but neither its ``AutoAttack`` wrapper nor
-its ``MultiAttack``: the wrapper runs APGD, APGD-T and FAB for 10 iterations (fra31: 100), keeps Square's
-``resc_schedule=True`` (fra31: False) and seeds once. The configuration below is fra31's (``autoattack.py``
-``__init__`` and ``set_version``):
-
-- ``standard``: APGD-CE (1 restart, 100 iterations, ρ = .75), APGD-T (1 restart, 100 iterations, 9 target
-  classes), FAB-T (1 restart, 100 iterations, 9 targets, α_max .1, η 1.05, β .9), Square (5,000 queries,
-  p_init .8, margin loss, ``resc_schedule=False``).
-- ``rand`` (randomised defences): APGD-CE and APGD-DLR, 1 restart, 100 iterations, EOT over 20 draws.
-
-Targets are the 2nd- to 10th-highest logits of the clean input. torchattacks derives the count as
-``n_classes − 1``, so we pass ``n_classes=min(C, 10)``: 9 targets as in fra31 for C ≥ 10 (passing the true
-C = 1000 would mean 999 targets, torchattacks#188), C − 1 for C < 10 (where fra31 itself fails).
-
-``run_autoattack`` is fra31's ``run_standard_evaluation`` driver: the clean-correct points are attacked by
-each attack in turn, in chunks of ``bs`` re-seeded with ``seed``; a point stays robust only if no attack
-flips it (the worst case per example). With this configuration and driver, a check against fra31 at
-a392200 gave bit-identical adversarial images for both versions on a 10-class CPU model at batch 250 and 16
-(see the README). Both libraries reseed the global RNG; ``run_autoattack`` restores it afterwards.
+``build_attacks`` configures them as fra31's ``standard`` (APGD-CE, APGD-T with 9 targets, FAB-T, Square with
+5,000 queries) or ``rand`` (APGD-CE and APGD-DLR with EOT-20) versions; ``run_autoattack`` is fra31's driver
+(clean-correct points attacked in turn, chunks of ``bs`` re-seeded, the worst case per example). torchattacks'
+own wrapper is not used: docs/finetuning.md says why and how the match with fra31 is checked.
 """
 
 from __future__ import annotations

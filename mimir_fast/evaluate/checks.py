@@ -1,23 +1,8 @@
-"""Integrity checks that run with every evaluation (signs of a broken evaluation or of gradient masking).
+"""The integrity checks that run with every evaluation (signs of a broken evaluation or of gradient masking).
 
-Each check returns ``{"name", "status", "detail"}`` with status ``pass``, ``fail`` or ``skipped``:
-
-- ``eps0_equals_clean``: PGD at ε = 0 leaves every example's prediction as it was (a deterministic model
-  and a consistent pipeline; a randomised defence is scored on the same seeded draws for both, so it must
-  agree exactly too);
-- ``monotone_in_eps``: robust accuracy does not increase with ε along the PGD-20 curve;
-- ``autoattack_le_pgd``: AutoAttack (standard, and rand when run) is at most as accurate as PGD-20 and PGD-100
-  (it includes stronger attacks);
-- ``large_eps_breaks_model``: at the curve's largest ε (≥ 64/255) accuracy falls to at most 5%;
-- ``gradients_flow``: at most 10% of examples have an exactly-zero input gradient;
-- ``square_adds_little``: the black-box Square attack removes at most 0.2% robust accuracy after the
-  gradient-based attacks of AutoAttack (fra31's ``check_square_sr`` threshold);
-- ``perturbation_within_eps``: no attack moved an image further than ε.
-
-Against a randomised defence the attacks themselves are random (EOT draws), so two accuracies measured with
-different attack runs differ by sampling noise even when the ordering holds in expectation. There
-``monotone_in_eps`` and ``autoattack_le_pgd`` allow a rise of at most two binomial standard errors,
-2·sqrt(p(1 − p)/n) with n the examples and p the higher accuracy; deterministic models get no slack.
+Each returns ``{"name", "status", "detail"}`` with status ``pass``, ``fail`` or ``skipped``; docs/finetuning.md
+lists what each one asserts. Against a randomised defence the attacks themselves are random, so
+``monotone_in_eps`` and ``autoattack_le_pgd`` allow a rise of two binomial standard errors, 2·sqrt(p(1 − p)/n).
 """
 
 from __future__ import annotations

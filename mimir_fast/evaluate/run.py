@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..device import resolve_device
-from ..distributed import finish_distributed, gather, init_distributed
+from ..distributed import finish_distributed, gather, init_distributed, quiet_unless_main
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models_vit import create_classifier, is_classifier_state
 from ..outputs import writable_dir
@@ -142,7 +142,8 @@ def run_eval(cfg: EvalConfig) -> dict | None:
     device = resolve_device(cfg.device)
     env = init_distributed(device)
     try:
-        return _evaluate(cfg, device, env)
+        with quiet_unless_main(env):  # under torchrun only rank 0 prints
+            return _evaluate(cfg, device, env)
     finally:
         finish_distributed()
 

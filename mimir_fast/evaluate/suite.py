@@ -1,15 +1,8 @@
 """Run the requested attacks on one shard of evaluation examples and record per-example outcomes.
 
-PGD's random start is drawn per example from a generator seeded with ``(seed, example index)``, so PGD
-results do not depend on how examples are batched or sharded across ranks. AutoAttack follows fra31's
-driver, whose random draws are seeded per chunk of ``batch_size`` still-robust points, as in fra31 itself.
-
-With a randomised defence (De^3 at γ > 0) the attacks take ``eot_iter`` gradients per step (EOT) from the
-global RNG, and each (adversarial) example is scored on ``draws`` forward passes whose noise is seeded by
-``(seed, example index, draw)``: ``correct[key]`` counts the draws that classify it right, so PGD at ε = 0
-scores exactly like the clean images, and scores do not depend on batching or sharding. AutoAttack then attacks
-every example and keeps every adversarial example (``run_autoattack(attack_all=True)``), since fra31's
-single-draw bookkeeping would otherwise decide what gets scored.
+PGD's random start is drawn per example from ``(seed, example index)``, so results do not depend on batching or
+sharding. A randomised defence is attacked with EOT and scored on ``draws`` forward passes seeded by
+``(seed, example index, draw)``; ``correct[key]`` counts the draws that classify an example right.
 """
 
 from __future__ import annotations

@@ -1,18 +1,9 @@
 """A classifier behind a test-time purifier, as attacks and evaluation see it.
 
-``PurifiedClassifier(purifier, classifier)`` maps x (N, C, H, W) in [0, 1] to ``classifier(purifier(x))``
-(N, num_classes), differentiable end to end: the full-gradient (white-box, adaptive) setting. Both purifiers
-here are single differentiable passes (De^3: additive noise, a ViT autoencoder, per-patch de-normalisation and a
-clamp; MAEP: a ViT autoencoder, optional resize or tiling, a clamp), so every attack gets exact gradients and
-no part needs an approximation.
-
-``BPDA(purifier)`` is the backward-pass differentiable approximation (Athalye et al. 2018) with the identity:
-its forward is the purifier's, its backward passes the gradient straight through as if P(x) = x. It exists for
-parts that cannot be differentiated and as a comparison; ``mimir-fast eval --gradient bpda`` uses it for the
-attacks only (predictions always come from the real purifier).
-
-A randomised purifier (``randomized`` true: De^3 with γ > 0) takes an optional ``noise`` (N, C, H, W), a
-standard-normal draw, so an evaluation can hold its randomness fixed per example.
+``PurifiedClassifier(purifier, classifier)``: x (N, C, H, W) in [0, 1] -> ``classifier(purifier(x))``
+(N, num_classes), differentiable end to end (the full-gradient setting). ``BPDA(purifier)``: the purifier's output
+forward, the identity's gradient backward (Athalye et al. 2018), for comparison. A randomised purifier takes an
+optional ``noise`` (N, C, H, W) standard-normal draw, so an evaluation can hold its randomness fixed.
 """
 
 from __future__ import annotations

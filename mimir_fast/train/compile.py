@@ -1,26 +1,7 @@
-"""``--compile``: the model's forward under ``torch.compile``, optionally with CUDA graphs.
-
-Only the module's forward is compiled. The attack's input gradients (``torch.autograd.grad``) and the
-training backward run outside the compiled region: ``autograd.grad`` inside a compiled function is not
-supported (pytorch#132929, performance-model.md §1e), while the backward of a compiled forward is itself
-compiled by AOTAutograd. The attack's forward gets a graph of its own (eval mode, weights frozen by
-``attacks.linf.attack_mode``), whose compiled backward computes the input gradient only. Under DDP the
-attack runs on the wrapped module without gradient sync, so that module is compiled too
-(``attack_target``). The optimizer is torch's fused AdamW kernel (``optim.build_optimizer``). HSIC runs
-eagerly between the graphs (under 0.3 % of a step's FLOPs; its batched linear solve stays out of capture).
-
-- ``auto`` (default): compiled on CUDA, eager on the CPU (inductor's CPU compile takes tens of seconds to
-  start, more than a CPU demo run trains).
-- ``on``: compiled with inductor, no CUDA graphs.
-- ``cudagraphs``: inductor with ``mode="reduce-overhead"`` (CUDA graphs; CUDA only). Shapes are static, as
-  graphs need: loaders drop the last partial batch and the number of kept tokens is fixed by the mask ratio.
-- ``off``: eager.
-
-The masks, drawn inside the compiled forward, come from inductor's own RNG: a compiled run is as random as an
-eager one but does not draw the same numbers, and the eager draws after them (the attack's random starts)
-differ too (``torch._inductor.config.fallback_random`` gives eager's numbers). Under CUDA graphs inductor's
-draws advance the default generator's Philox offset on every replay (graph-safe). The compiled module shares
-its parameters with the model; checkpoints save the model.
+"""``--compile``: the model's forward under ``torch.compile`` (``on``), optionally with CUDA graphs
+(``cudagraphs``), or eager (``off``); ``auto`` compiles on CUDA only. The attack's forward gets its own graph
+(weights frozen by ``attacks.linf.attack_mode``); under DDP the inner module is compiled for it
+(``attack_target``). docs/pretraining.md says what is compiled, what runs eagerly between the graphs, and why.
 """
 
 from __future__ import annotations

@@ -1,21 +1,9 @@
-"""Mid-epoch checkpoints: ``checkpoint-mid.pth``, written every ``save_every_steps`` steps and resumed exactly.
+"""Mid-epoch checkpoints: ``checkpoint-mid.pth``, written every ``--save_every_steps`` updates and resumed exactly.
 
-Per-epoch checkpoints (``checkpoint-{epoch}.pth``, MAE's layout) resume at an epoch boundary, where every RNG
-is reseeded from ``(seed, rank, epoch)``. An ImageNet epoch is long, so ``--save_every_steps N`` also writes
-``checkpoint-mid.pth`` (atomically, overwritten each time) after every N-th update of an epoch. Besides the
-usual ``model``/``optimizer``/``epoch``/``args`` it holds ``step`` (updates done in ``epoch``) and, per rank,
-the loader-independent state the rest of the epoch depends on: the torch CPU and CUDA, NumPy and Python RNG
-states and the running loss sums (so the epoch's logged means are the uninterrupted run's).
-
-Resuming from it rebuilds the epoch's loader with the same order seed and skips its first ``step`` batches
-(``ShardedBatchSampler(start=...)``; DALI's ``skip=``, which decodes and discards them), then restores the RNG
-states. On the CPU with ``num_workers 0`` the rest of the epoch, and every epoch after it, is bit-identical to
-the uninterrupted run (tested). With loader workers or DALI the batches' *contents* (which images, in which
-order) are the same, but their augmentation draws differ (workers are reseeded; DALI re-runs its RNG), as in
-other stateful loaders. The world size must be the one that wrote the file.
-
-A per-epoch checkpoint supersedes it: ``checkpoint-mid.pth`` is removed when one is written, and
-auto-resume takes it only when its epoch is after the newest ``checkpoint-{epoch}.pth``.
+Besides MAE's ``model``/``optimizer``/``epoch``/``args`` it holds ``step`` (updates done in ``epoch``) and, per
+rank, the torch CPU/CUDA, NumPy and Python RNG states and the running loss sums. Resuming rebuilds the epoch's
+loader in the same order, skips its first ``step`` batches, and restores the RNG states; a per-epoch checkpoint
+supersedes the file (docs/pretraining.md).
 """
 
 from __future__ import annotations

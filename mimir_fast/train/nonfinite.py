@@ -1,25 +1,9 @@
 """Skipping the updates of non-finite steps without a host sync.
 
-A step whose loss (any micro-batch of it, with gradient accumulation) or gradients are NaN or inf does not
-change the parameters or the optimizer state: the decision is a device tensor, ``found_inf`` (1.0 = skip),
-never read back by the step. Counters of skipped updates stay on the device too and are read only at the
-trainer's print points.
-
-How the update is skipped:
-
-- torch's fused AdamW (``fused=True``, what ``build_optimizer`` makes on CPU and CUDA) reads
-  ``optimizer.found_inf`` as GradScaler sets it: its kernel leaves parameters and moments untouched when it
-  is 1.0, and the step counter is incremented then decremented by ``found_inf``, so a skipped update leaves
-  everything bit-identical.
-- Any other optimizer (apex's ``FusedAdam``, a non-fused AdamW): parameters and every tensor of the
-  optimizer state are copied before the step and restored with ``torch.where(found_inf, old, new)`` after
-  it (state created by this step is reset to zeros, what Adam starts from). This costs a copy of the
-  parameters and moments per step; state held as Python numbers (apex's non-capturable ``step``) cannot be
-  restored without a sync and still advances on a skipped update.
-
-With several processes the flag is all-reduced (max), so every replica skips the same updates.
-
-Zeroing the gradients instead would not skip the update: AdamW would still decay the weights and the moments.
+A step whose loss (any micro-batch of it) or gradients are NaN or inf leaves the parameters and the optimizer
+state unchanged. The decision is a device tensor, ``found_inf`` (1.0 = skip), all-reduced across ranks; counters
+of skipped updates stay on the device and are read at the trainer's print points. Zeroing the gradients instead
+would not skip the update: AdamW would still decay the weights and the moments.
 """
 
 from __future__ import annotations

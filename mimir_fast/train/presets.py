@@ -1,18 +1,8 @@
-"""Named recipes. Each is a function that returns a full config; flags override its fields.
+"""Named recipes: each is a function that returns a full config; flags override its fields.
 
-Pretraining (``PRESETS``) follows ``mimir-spec.md`` §4 (from xiaoyunxxy/MIMIR's scripts): 800 epochs, 40 warmup,
-blr 1.5e-4, AdamW (0.9, 0.95), wd 0.05, PGD-1 at ε = 8/255, α = 10/255, λ = 1e-5, norm-pix loss, save every
-20 epochs. ``batch_size`` is MIMIR's per-GPU batch (the HSIC batch m): 128 for CIFAR-10 and 512 for ImageNet,
-on 4 GPUs in the paper's runs, so a single GPU sees a quarter of their effective batch (and
-lr = blr × batch / 256 scales with it). The CIFAR and ImageNet recipes need ``--data_path``.
-
-Fine-tuning (``FINETUNE_PRESETS``) follows §5: label smoothing 0.1, layer decay 0.65, drop-path 0.1, AdamW
-(0.9, 0.999), wd 0.05, min lr 1e-6. CIFAR-10: 50 epochs, 5 warmup, blr 0.05 at batch 128 (lr 0.025), PGD-10 at
-ε = 8/255, α = 2/255, head std 2e-2. ImageNet: 100 epochs, 10 warmup, blr 1e-3 at batch 256 per GPU (MIMIR:
-4 × 256), PGD-1 at ε = 4/255, α = 5/255, head std 2e-5.
-
-``digits`` is the default of both: small models on the embedded digits at 16 px, minutes on a CPU; fine-tuning
-uses PGD-2 at ε = 8/255 with step 2/255 for 10 epochs.
+The CIFAR-10, Tiny-ImageNet and ImageNet recipes follow MIMIR's released scripts (docs/pretraining.md and
+docs/finetuning.md list them) and need ``--data_path``; ``digits`` is the default of both commands, small models
+on the embedded digits at 16 px that train in minutes on a CPU.
 """
 
 from __future__ import annotations

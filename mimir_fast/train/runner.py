@@ -1,18 +1,6 @@
-"""A whole training run, shared by pretraining and fine-tuning; a ``Task`` supplies what differs.
-
-The runner builds the data and model, resumes, trains seeded epochs, writes atomic checkpoints in MAE's
-layout, logs, and summarises. Reproducibility: each epoch reseeds every RNG from ``(seed, rank, epoch)`` and
-takes its shuffle order from a generator with that seed, so an epoch is a function of the model and
-optimizer state at its start, and resuming from ``checkpoint-{e}.pth`` continues bit-identically on the CPU.
-
-Under torchrun (``distributed.py``, ``parallel.py``) every rank builds the same initial model (seeded with
-``seed`` alone), resumes from the same checkpoint, draws the epoch's order from ``(seed, epoch)`` and trains
-its slice of each global batch, with ``(seed, rank, epoch)`` seeding its augmentation, masks and random starts.
-Rank 0 alone prints, writes checkpoints, logs and figures.
-
-``--save_every_steps N`` also writes ``checkpoint-mid.pth`` every N updates within an epoch, with the loader
-position, RNG states and running loss sums, and resuming from it continues inside the epoch exactly
-(``midepoch.py``).
+"""A whole training run, shared by every method (``method.py``): data, model, resume, seeded epochs, atomic
+checkpoints in MAE's layout, logs, the summary. docs/pretraining.md describes reproducibility, resume rules,
+mid-epoch checkpoints and multi-process runs.
 """
 
 from __future__ import annotations
@@ -239,6 +227,8 @@ def run(method: Method) -> RunSummary:
 
 
 def _run(method: Method, env: DistEnv, device: torch.device) -> RunSummary:
+    # Each epoch reseeds every RNG from (seed, rank, epoch) and draws its order from (seed, epoch), alike on every
+    # rank, so an epoch is a function of the model and optimizer state at its start: resuming continues exactly.
     cfg = method.cfg
     rank, world_size = env.rank, env.world_size
     amp_dtype = autocast_dtype(cfg.precision, device)
