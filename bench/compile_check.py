@@ -9,7 +9,7 @@ What it does, per op in ``kernels/`` and per non-"tiny" shape of ``bench/specs/<
    (``torch._subclasses.FakeTensorMode``: shapes, dtypes and strides, no data, no GPU). Every ``kernel[grid](...)``
    is intercepted and recorded instead of launched, so the block sizes, warps, stages, constexpr flags and size
    arguments are the ones the launchers' own logic computes; nothing is re-derived here. The launchers' SM count
-   (``_num_sms``) is pinned to an H100 SXM's 132. fp32 precision follows torch's defaults
+   (``_utils.num_sms``) is pinned to an H100 SXM's 132. fp32 precision follows torch's defaults
    (``cudnn.allow_tf32 = True``: TF32 in patch_embed_visible; float32 matmul precision "highest": IEEE in
    hsic_gram); unless ``--no-fp32-alt``, fp32 is also run with both flipped (IEEE / TF32), the settings the
    tests and a "high"-precision training run use.
@@ -76,7 +76,7 @@ OPS = ("patch_embed_visible", "decoder_unshuffle", "masked_mse_loss", "visible_a
 """The ops with Triton kernels (``kernels/<op>.py``)."""
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 H100_SMS = 132
-"""Streaming multiprocessors of an H100 SXM, returned by the launchers' ``_num_sms``."""
+"""Streaming multiprocessors of an H100 SXM, returned by ``_utils.num_sms``."""
 TARGET = ("cuda", 90, 32)
 """Triton ``GPUTarget``: backend, compute capability 9.0 (sm_90a), warp size."""
 # Per-SM limits of compute capability 9.0 (CUDA C Programming Guide, "Technical Specifications").
@@ -117,7 +117,7 @@ class _Recorder:
 
 @contextlib.contextmanager
 def _intercept(module, sink: list[Launch]):
-    """Replace the module's ``*_kernel`` functions by recorders, pin ``_num_sms`` to an H100's and record the
+    """Replace the module's ``*_kernel`` functions by recorders, pin ``_utils.num_sms`` to an H100's and record the
     device of ``_utils.device_guard`` (which would need a real GPU) instead of entering it."""
     from triton.runtime.jit import KernelInterface
 
@@ -135,17 +135,14 @@ def _intercept(module, sink: list[Launch]):
 
     saved = {name: obj for name, obj in vars(module).items()
              if isinstance(obj, KernelInterface) and name.endswith("_kernel")}
-    if hasattr(module, "_num_sms"):
-        saved["_num_sms"] = module._num_sms
-        module._num_sms = lambda device: H100_SMS
     for name, obj in saved.items():
-        if name != "_num_sms":
-            setattr(module, name, _Recorder(obj, sink, guarded))
+        setattr(module, name, _Recorder(obj, sink, guarded))
     old_guard, _utils.device_guard = _utils.device_guard, guard
+    old_sms, _utils.num_sms = _utils.num_sms, lambda device: H100_SMS
     try:
         yield
     finally:
-        _utils.device_guard = old_guard
+        _utils.device_guard, _utils.num_sms = old_guard, old_sms
         for name, obj in saved.items():
             setattr(module, name, obj)
 

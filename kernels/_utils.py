@@ -7,6 +7,7 @@ and an element a kernel forgets to write fails the comparison instead of passing
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -20,6 +21,12 @@ def empty(shape: tuple[int, ...] | list[int], *, device: torch.device, dtype: to
     if POISON_OUTPUTS:
         out.fill_(float("nan") if out.is_floating_point() else -1)
     return out
+
+
+@functools.cache
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device; 2 "programs in flight" under the CPU interpreter."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
 
 
 def next_pow2(n: int, minimum: int = 16) -> int:

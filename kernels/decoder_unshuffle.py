@@ -34,8 +34,6 @@ Dd × 4 bytes, a few MB) are written.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
@@ -139,12 +137,6 @@ def _decoder_unshuffle_bwd_kernel(
 
 
 # ---------------------------------------------------------------------------------------------- launchers
-@functools.cache
-def _num_sms(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA device; 2 "programs in flight" under the CPU interpreter."""
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
-
-
 def _blocks(length: int, dd: int) -> tuple[int, int]:
     """(BL, BD): BD ≤ 256 columns, BL·BD ≤ 4096, BL no larger than the 1 + L rows need."""
     bd = min(BLOCK_D_MAX, _utils.next_pow2(dd))
@@ -207,7 +199,7 @@ def decoder_unshuffle_bwd(
     dx = _utils.empty((n, 1 + l_keep, dd), device=device, dtype=x_dtype) if need_x else nothing
     bl, bd = _blocks(length, dd)
     n_lblocks, n_dblocks = triton.cdiv(1 + length, bl), triton.cdiv(dd, bd)
-    split = max(1, min(n, 65535, triton.cdiv(PROGRAMS_PER_SM * _num_sms(device), n_lblocks * n_dblocks)))
+    split = max(1, min(n, 65535, triton.cdiv(PROGRAMS_PER_SM * _utils.num_sms(device), n_lblocks * n_dblocks)))
     n_per_split = max(1, triton.cdiv(n, split))
     split = max(1, triton.cdiv(n, n_per_split))  # no empty ranges
     dmt = _utils.empty((split, n_lblocks, dd), device=device, dtype=torch.float32) if need_mask else nothing

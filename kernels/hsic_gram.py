@@ -46,8 +46,6 @@ Offsets into x, y and their gradients are 64-bit (m·d may pass 2³¹).
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
@@ -281,12 +279,6 @@ def _hsic_gram_expm1_kernel(z_ptr, e_ptr, N, BLOCK: tl.constexpr):
 
 
 # ---------------------------------------------------------------------------------------------- launchers
-@functools.cache
-def _num_sms(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA device; 2 "programs in flight" under the CPU interpreter."""
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
-
-
 def _precision(dtype: torch.dtype) -> str:
     """Input precision of a dot with fp32 operands made from ``dtype`` inputs: fp32 inputs as torch's fp32
     matmuls (3xTF32 for its default "highest" precision, else TF32); fp16/bf16 ones (exact in TF32) with TF32.
@@ -327,7 +319,7 @@ def hsic_gram_fwd(x: torch.Tensor, y: torch.Tensor, sigma: float, chunk: int | N
     bk = INTERPRETER_BK if interp else 64 if x.element_size() == y.element_size() == 2 else 32
     tiles = triton.cdiv(m, bm) * (triton.cdiv(m, bm) + 1) // 2
     if chunk is None:
-        splits = triton.cdiv(PROGRAMS_PER_SM * _num_sms(x.device), tiles)
+        splits = triton.cdiv(PROGRAMS_PER_SM * _utils.num_sms(x.device), tiles)
         splits = max(2, min(splits, WORKSPACE_MAX // (m * m)))
         chunk = triton.cdiv(triton.cdiv(dx + dy, splits), bk) * bk
     elif chunk % bk:

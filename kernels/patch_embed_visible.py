@@ -41,8 +41,6 @@ GPU: BM = 64 rows, BN ≤ 128 columns, BK ≤ 64 (≤ 32 for fp32) of the reduct
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
@@ -204,12 +202,6 @@ def _patch_embed_visible_bwd_dw_kernel(
 
 
 # ---------------------------------------------------------------------------------------------- launchers
-@functools.cache
-def _num_sms(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA device; 2 "programs in flight" under the CPU interpreter."""
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
-
-
 def _dot_settings(dtype: torch.dtype, device: torch.device) -> dict:
     """DOT_FP32 (upcast operands: the interpreter) and the fp32 input precision F.conv2d would use."""
     precision = None
@@ -311,7 +303,7 @@ def patch_embed_visible_bwd_weight(grad_out, imgs, ids_keep, weight_shape) -> to
     bk = _block(k, 64)
     tiles = triton.cdiv(d, bd) * triton.cdiv(k, bk)
     row_tiles = max(1, triton.cdiv(m, BLOCK_M))
-    split = max(1, min(row_tiles, triton.cdiv(2 * _num_sms(imgs.device), tiles)))
+    split = max(1, min(row_tiles, triton.cdiv(2 * _utils.num_sms(imgs.device), tiles)))
     rows_per_split = triton.cdiv(row_tiles, split) * BLOCK_M
     split = max(1, triton.cdiv(m, rows_per_split))  # no empty ranges
     partial = _utils.empty((split, d, k), device=imgs.device, dtype=torch.float32)
