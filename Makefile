@@ -1,6 +1,7 @@
 # make demo : create .venv, install, run the whole pipeline on the embedded digits data (CPU or GPU)
 # make demo-purifiers : the same, plus the NIM/De^3 and MAEP purifier rows and the De^3 gamma sweep
 # make test : create .venv if needed, install, run the whole test suite
+# make mutants : break each core guarantee on purpose in a temporary copy and report which the tests miss (not CI)
 #
 # OFFLINE=1 builds .venv on top of the system's site-packages and installs only this package
 # (for machines without a package registry that already carry torch, e.g. the lent GPU machines).
@@ -11,7 +12,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo demo-purifiers test bench clean
+.PHONY: demo demo-purifiers test mutants bench clean
 
 $(STAMP): setup.py requirements.txt
 ifeq ($(OFFLINE),1)
@@ -37,6 +38,9 @@ demo-purifiers: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+mutants: $(STAMP)
+	$(PY) tests/mutants.py
 
 bench: $(STAMP)
 	$(PY) -m bench.ops --out bench/results

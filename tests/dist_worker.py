@@ -9,7 +9,8 @@ each chunk, MIMIR's per-replica batch).
 
 Run as ``python -m torch.distributed.run ... tests/dist_worker.py RUNS.json``: it joins the process group
 once and runs each ``{"argv": [...], "split": k}`` of the file through ``mimir_fast.cli.main``; a run's
-``"compile_backend"`` (e.g. ``aot_eager``) replaces inductor for its ``--compile``.
+``"compile_backend"`` (e.g. ``aot_eager``) replaces inductor for its ``--compile``. A run with ``"record": DIR``
+is not patched but records each rank's own draws instead (``recorders``).
 """
 
 from __future__ import annotations
@@ -69,6 +70,31 @@ def patches(split: int = 1) -> list[tuple[object, str, object]]:
     ]
 
 
+def recorders(draws: dict[str, list]) -> list[tuple[object, str, object]]:
+    """Patches that leave every draw as it is but append the mask noise of each MAE forward to ``draws["masks"]``
+    and each pretraining attack's random start to ``draws["starts"]``."""
+    import importlib
+
+    from mimir_fast.models_mae import MaskedAutoencoderViT
+
+    pgd_mae_module = importlib.import_module("mimir_fast.attacks.pgd_mae")
+    original_encoder, original_start = MaskedAutoencoderViT.forward_encoder, pgd_mae_module.uniform_start
+
+    def forward_encoder(self, x, mask_ratio, noise=None):
+        if noise is None:
+            noise = torch.rand(x.shape[0], self.patch_embed.num_patches, device=x.device)  # MAE's own draw
+            draws["masks"].append(noise.cpu())
+        return original_encoder(self, x, mask_ratio, noise)
+
+    def uniform_start(images, eps):
+        start = original_start(images, eps)
+        draws["starts"].append(start.cpu())
+        return start
+
+    return [(MaskedAutoencoderViT, "forward_encoder", forward_encoder),
+            (pgd_mae_module, "uniform_start", uniform_start)]
+
+
 def main(runs_file: str) -> int:
     import torch.distributed as dist
 
@@ -80,12 +106,15 @@ def main(runs_file: str) -> int:
         for run in json.loads(open(runs_file).read()):
             saved = [(compile_module, "BACKEND", compile_module.BACKEND)]
             compile_module.BACKEND = run.get("compile_backend", compile_module.BACKEND)
-            for owner, name, value in patches(run.get("split", 1)):
+            draws: dict[str, list] = {"masks": [], "starts": []}
+            for owner, name, value in recorders(draws) if "record" in run else patches(run.get("split", 1)):
                 saved.append((owner, name, getattr(owner, name)))
                 setattr(owner, name, value)
             code = cli_main(run["argv"])
             for owner, name, value in reversed(saved):
                 setattr(owner, name, value)
+            if "record" in run:
+                torch.save(draws, f"{run['record']}/draws-rank{dist.get_rank()}.pt")
             if code:
                 return code
     finally:

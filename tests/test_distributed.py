@@ -1,4 +1,5 @@
-"""torchrun: DDP and FSDP2 on CPU/gloo match one process at the same global batch; batch and shard errors.
+"""torchrun: DDP and FSDP2 on CPU/gloo match one process at the same global batch; each rank draws its own masks
+and random starts; batch and shard errors.
 
 Tolerance. The runs compute the same mathematics; only the order of fp32 reductions differs (a gradient
 averaged over two replicas of B versus one mean over 2B, matmuls blocked over another batch size, FSDP's
@@ -151,6 +152,25 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path, monkeypatch,
     whole = _split_key_bias(_weights(mimir_whole))[0]
     assert _max_diff(whole, _split_key_bias(_weights(mimir_ddp))[0]) > 100 * ATOL  # not over the global batch
     assert sorted(p.name for p in ddp.iterdir() if p.suffix == ".pth") == ["checkpoint-0.pth", "checkpoint-1.pth"]
+
+
+@pytest.mark.slow
+def test_each_rank_draws_its_own_masks_and_random_starts(tmp_path):
+    """Each rank seeds its epoch from (seed, rank, epoch): the two ranks' mask noise and PGD random starts differ,
+    draw for draw (with one seed for both, every replica would mask and start its examples alike)."""
+    argv = ["pretrain", "--method", "mimir", "--data", "synthetic", "--synthetic_size", "24", "--batch_size", "4",
+            "--model", "mae_vit_micro", "--input_size", "16", "--patch_size", "4", "--epochs", "1",
+            "--output_dir", str(tmp_path / "out"), "--no-auto_resume"]
+    proc = _torchrun_worker([{"argv": argv, "record": str(tmp_path)}], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"draws-rank{r}.pt") for r in (0, 1)]
+    # 3 steps of 4 images per rank: per step one attack start, and an attack mask and a training mask (16 patches)
+    for r in ranks:
+        assert [tuple(m.shape) for m in r["masks"]] == [(4, 16)] * 6
+        assert [tuple(s.shape) for s in r["starts"]] == [(4, 3, 16, 16)] * 3
+    for key in ("masks", "starts"):
+        for a, b in zip(ranks[0][key], ranks[1][key], strict=True):
+            assert (a == b).float().mean() < 0.01  # independent draws (one seed for both: all equal)
 
 
 @pytest.mark.slow

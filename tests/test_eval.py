@@ -1,4 +1,5 @@
-"""mimir-fast eval: the report, the integrity checks (incl. a gradient-masked model), subsets, sharding, errors."""
+"""mimir-fast eval: the report, the integrity checks on a gradient-masked model, per-example PGD starts, subsets,
+RobustBench preprocessing against torchvision, sharding, errors."""
 
 import json
 import os
@@ -50,7 +51,10 @@ def test_eval_writes_the_report_curve_and_checks(tmp_path, capsys):
     statuses = _statuses(report)
     assert statuses["eps0_equals_clean"] == "pass" and statuses["perturbation_within_eps"] == "pass"
     assert statuses["gradients_flow"] == "pass" and statuses["monotone_in_eps"] == "pass"
-    assert report["accuracy"]["aa"] <= report["accuracy"]["clean"]
+    for key, acc in report["accuracy"].items():  # the accuracies are the per-example outcomes' means
+        assert acc == pytest.approx(100 * sum(report["per_example"][key]) / 9, abs=1e-9), key
+    # AutoAttack's own count of robust points after its last attack agrees with re-scoring its examples
+    assert report["autoattack"]["aa"][-1]["accuracy_after"] == pytest.approx(report["accuracy"]["aa"], abs=1e-9)
     assert "check eps0_equals_clean" in out
 
 
@@ -82,6 +86,33 @@ def test_checks_catch_a_gradient_masked_model():
     assert reports["masked"]["accuracy"]["pgd20"] > reports["plain"]["accuracy"]["pgd20"]
 
 
+def test_pgd_starts_belong_to_the_example_not_to_its_place_in_the_batch(monkeypatch):
+    """Examples 3, 4, 5 get the same random starts whether evaluated among 0..5 in batches of 4 or alone in a
+    shard, in batches of 2 (the start of example i is seeded by (seed, i))."""
+    from mimir_fast.evaluate import suite
+
+    starts, real = [], suite.pgd
+
+    def recording(*args, start, **kw):
+        starts.append(start.clone())
+        return real(*args, start=start, **kw)
+
+    monkeypatch.setattr(suite, "pgd", recording)
+    model = small_cnn()
+    x, y = torch.rand(6, 3, 16, 16), torch.randint(0, 10, (6,))
+    runs = []
+    for indices, bs in (([0, 1, 2, 3, 4, 5], 4), ([3, 4, 5], 2)):
+        starts.clear()
+        cfg = EvalConfig(resume="in-memory", attacks="clean,pgd20", eps_curve="8", batch_size=bs)
+        attack_shard(model, x[indices], y[indices], indices, cfg, 10)
+        runs.append(torch.cat(starts))
+    whole, shard = runs
+    assert whole.shape == (6, 3, 16, 16) and shard.shape == (3, 3, 16, 16)
+    assert torch.equal(shard, whole[3:])
+    assert not torch.equal(whole[0], whole[3])  # and each example has its own
+    assert 0.9 * 8 / 255 < whole.abs().max() <= 8 / 255  # uniform in the ε-ball
+
+
 def test_subsets_by_index_file(tmp_path, capsys):
     ckpt = _classifier_ckpt(tmp_path / "clf.pth")
     (tmp_path / "ids.txt").write_text("5\n2\n9\n")
@@ -96,14 +127,30 @@ def test_subsets_by_index_file(tmp_path, capsys):
     assert_one_line_error(code, err, "lists index 999, outside the 297 evaluation examples")
 
 
-def test_robustbench_preprocessing_names():
+def test_robustbench_preprocessing_is_torchvisions():
+    """RobustBench's ``PREPROCESSINGS`` (``robustbench/data.py``), written with torchvision's classic transforms:
+    the same 8-bit pixels on a non-square image with detail to resample, scaled to [0, 1] within one rounding
+    (``ToTensor`` divides by 255, ``v2.ToDtype`` multiplies by 1/255: at most 2^-24 apart)."""
     from PIL import Image
+    from torchvision import transforms as T
 
-    img = Image.new("RGB", (300, 260), (10, 200, 30))
-    for name in ("Res256Crop224", "BicubicRes256Crop224"):
-        out = preprocessing(name, 224)(img)
-        assert out.shape == (3, 224, 224) and 0 <= out.min() and out.max() <= 1
-    assert preprocessing("none", 32)(img).shape == (3, 260, 300)
+    g = torch.Generator().manual_seed(3)
+    pixels = (torch.rand(260, 301, 3, generator=g) * 255).to(torch.uint8).numpy()
+    img = Image.fromarray(pixels)
+    robustbench = {
+        "Res256Crop224": T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor()]),
+        "BicubicRes256Crop224": T.Compose([T.Resize(256, interpolation=T.InterpolationMode.BICUBIC),
+                                           T.CenterCrop(224), T.ToTensor()]),
+        "none": T.Compose([T.ToTensor()]),
+    }
+    for name, reference in robustbench.items():
+        ours, expected = preprocessing(name, 224)(img), reference(img)
+        assert ours.dtype == torch.float32 and ours.shape == expected.shape, name
+        assert torch.equal((ours * 255).round(), (expected * 255).round()), name
+        assert (ours - expected).abs().max() <= 2**-24, name
+    assert preprocessing("none", 32)(img).shape == (3, 260, 301)
+    bilinear, bicubic = (preprocessing(n, 224)(img) for n in ("Res256Crop224", "BicubicRes256Crop224"))
+    assert not torch.equal(bilinear, bicubic)  # the detail makes the interpolation matter
 
 
 def test_eval_bad_inputs(tmp_path, capsys):

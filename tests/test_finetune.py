@@ -1,4 +1,5 @@
-"""Fine-tuning: the loss falls, the objectives, and the checkpoint rules (pretrain vs classifier)."""
+"""Fine-tuning: the loss falls, the PGD and TRADES losses against hand re-derivations, and the checkpoint rules
+(pretrain vs classifier)."""
 
 import json
 import shutil
@@ -14,6 +15,7 @@ from mimir_fast.train.checkpoint import load_checkpoint, save_checkpoint
 from mimir_fast.train.config import FinetuneConfig
 from mimir_fast.train.presets import FINETUNE_PRESETS
 from tests.helpers import finetune_losses
+from tests.test_attack_classify import plain_pgd, plain_trades
 
 
 def _cfg(out, **kw):
@@ -103,3 +105,82 @@ def test_demo_table_lists_each_row_with_its_checks():
                         "| total (s) | checks |")
     assert lines[2] == "| MIMIR pretraining | 41.5 | 20.0 | 16.0 | 90 | 40 | 70 | 200 | 7/7 pass |"
     assert "6/7 pass (failed: monotone_in_eps)" in lines[3] and "first 200 images" in text
+
+
+# ---------------------------------------------------------------------- the adversarial objectives by hand
+def _seen_inputs(model):
+    """Every forward's input and whether the model was in training mode then."""
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append((args[0].detach().clone(), m.training)))
+    return seen
+
+
+def _kl_by_hand(p_logits, q_logits):
+    """Per-example Σ_k p_k (log p_k − log q_k) for logits (N, K): (N,), in float64."""
+    log_p, log_q = p_logits.double().log_softmax(1), q_logits.double().log_softmax(1)
+    return (log_p.exp() * (log_p - log_q)).sum(1)
+
+
+def _smoothed_ce_by_hand(logits, labels, smoothing):
+    """Label-smoothed cross-entropy: mean over examples of −Σ_k ((1 − s)·1[k = y] + s/K) log softmax_k, float64."""
+    log_q = logits.double().log_softmax(1)
+    target = torch.full_like(log_q, smoothing / log_q.shape[1])
+    target[torch.arange(len(labels)), labels] += 1 - smoothing
+    return -(target * log_q).sum(1).mean()
+
+
+def _classifier(classes=10):
+    torch.manual_seed(4)
+    return create_classifier("vit_micro", img_size=16, patch_size=4, num_classes=classes, drop_path_rate=0.2,
+                             head_init_std=0.5).train()
+
+
+# the fp32 loss against a float64 re-derivation from the same logits: a few roundings in log-softmax and the means
+# (at most 1.3 ulps measured)
+FP32_TOL = {"rtol": 8 * torch.finfo(torch.float32).eps, "atol": 0.0}
+
+
+@pytest.mark.parametrize("steps,batch", [(1, 5), (3, 3)])
+def test_pgd_finetuning_loss_by_hand(steps, batch):
+    """The attack runs in eval mode on the clean images; the loss is the label-smoothed CE of the training-mode
+    (drop-path) forward of the adversarial examples alone."""
+    model = _classifier()
+    seen = _seen_inputs(model)
+    x, y = torch.rand(batch, 3, 16, 16), torch.randint(0, 10, (batch,))
+    cfg = build_finetune_config("digits", input_size=16, method="pgd", steps=steps, eps=8.0, alpha=3.0)
+    torch.manual_seed(13)
+    out = finetune_losses(model, x, y, cfg)
+    assert [training for _, training in seen] == [False] * steps + [True]
+
+    torch.manual_seed(13)  # same draws in the same order: the start, then drop-path in the training forward
+    x_adv = plain_pgd(model, x, y, 8 / 255, 3 / 255, steps)  # in eval mode
+    logits = model.train()(x_adv)
+    assert torch.equal(seen[-1][0], x_adv) and 0 < (x_adv - x).abs().max() <= 8 / 255 + 1e-7
+    expected = _smoothed_ce_by_hand(logits, y, cfg.smoothing)
+    torch.testing.assert_close(out["loss"].double(), expected, **FP32_TOL)
+    assert (out["loss"].double() - _smoothed_ce_by_hand(model(x), y, cfg.smoothing)).abs() > 1e-3  # clean differs
+    assert out["acc"] == 100 * (logits.argmax(1) == y).float().mean()
+
+
+@pytest.mark.parametrize("beta", [6.0, 1.5])
+def test_trades_finetuning_loss_by_hand(beta):
+    """CE(f(x), y) + β · (1/N) Σ_i KL(f(x_i) ‖ f(x'_i)), both forwards in training mode; ``acc`` on x'."""
+    model = _classifier()
+    seen = _seen_inputs(model)
+    x, y = torch.rand(5, 3, 16, 16), torch.randint(0, 10, (5,))
+    cfg = build_finetune_config("digits", input_size=16, method="trades", steps=2, eps=8.0, alpha=4.0, trades_beta=beta)
+    torch.manual_seed(17)
+    out = finetune_losses(model, x, y, cfg)
+    # the attack's clean reference and its 2 steps in eval mode; then the clean and adversarial training forwards
+    assert [training for _, training in seen] == [False, False, False, True, True]
+
+    torch.manual_seed(17)
+    x_adv = plain_trades(model, x, 8 / 255, 4 / 255, 2)  # in eval mode
+    model.train()
+    clean_logits, adv_logits = model(x), model(x_adv)
+    assert torch.equal(seen[-1][0], x_adv) and torch.equal(seen[-2][0], x)
+    ce = _smoothed_ce_by_hand(clean_logits, y, cfg.smoothing)
+    kl = _kl_by_hand(clean_logits, adv_logits).mean()
+    torch.testing.assert_close(out["loss"].double(), ce + beta * kl, **FP32_TOL)
+    assert beta * kl > 1e4 * FP32_TOL["rtol"] * out["loss"].abs()  # the KL term is far above the tolerance
+    assert out["acc"] == 100 * (adv_logits.argmax(1) == y).float().mean()

@@ -2,6 +2,7 @@
 the run (exit code 1) keeping the last good checkpoint."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -122,17 +123,21 @@ def test_the_step_and_the_skip_read_nothing_back_to_the_host(monkeypatch):
     assert guard.read() == (2, 1)
 
 
-def _poison_from(monkeypatch, first_bad_call: int, last_bad_call: int | None = None):
-    """Make pretraining's loss NaN on calls ``first_bad_call``..``last_bad_call`` (0-based, inclusive)."""
-    real, calls = Mimir.losses, []
+def _poison_from(monkeypatch, first_bad_call: int, last_bad_call: int | None = None) -> list[float]:
+    """Make pretraining's loss NaN on calls ``first_bad_call``..``last_bad_call`` (0-based, inclusive); returns the
+    list that collects the losses of the calls left finite."""
+    real, calls, finite = Mimir.losses, [], []
 
     def poisoned(self, model, imgs, labels):
         out = real(self, model, imgs, labels)
         calls.append(None)
         bad = first_bad_call <= len(calls) - 1 and (last_bad_call is None or len(calls) - 1 <= last_bad_call)
+        if not bad:
+            finite.append(out["loss"].item())
         return {**out, "loss": out["loss"] * float("nan")} if bad else out
 
     monkeypatch.setattr(Mimir, "losses", poisoned)
+    return finite
 
 
 _ARGS = ["pretrain", "--data", "synthetic", "--synthetic_size", "32", "--batch_size", "4", "--model", "mae_vit_micro",
@@ -140,11 +145,13 @@ _ARGS = ["pretrain", "--data", "synthetic", "--synthetic_size", "32", "--batch_s
 
 
 def test_a_few_bad_steps_are_skipped_counted_and_logged(tmp_path, monkeypatch, capsys):
-    _poison_from(monkeypatch, 2, 4)  # 3 bad steps of 8, fewer than max_nonfinite_steps (5)
+    finite = _poison_from(monkeypatch, 2, 4)  # 3 bad steps of 8, fewer than max_nonfinite_steps (5)
     assert main([*_ARGS, "--epochs", "1", "--output_dir", str(tmp_path)]) == 0
     stats = json.loads((tmp_path / "log.txt").read_text().splitlines()[-1])
     assert stats["train_skipped_steps"] == 3
-    assert stats["train_loss"] == stats["train_loss"]  # the mean over the finite steps is not NaN
+    assert len(finite) == 5 and math.isfinite(stats["train_loss"])
+    # the mean over the 5 finite steps, summed in fp32 on the device
+    assert stats["train_loss"] == pytest.approx(sum(finite) / 5, rel=8 * torch.finfo(torch.float32).eps)
     assert (tmp_path / "checkpoint-0.pth").exists()
     assert "skipped 3" in capsys.readouterr().out
 

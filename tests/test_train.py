@@ -1,4 +1,5 @@
-"""The trainer: schedule, parameter groups, a loss that falls, exact resume, divergence, outputs."""
+"""The trainer: schedule, parameter groups, a loss that falls, exact resume, divergence, outputs, gradient
+accumulation against one large batch."""
 
 import json
 import math
@@ -145,3 +146,53 @@ def test_synthetic_data_and_gradient_accumulation(tmp_path):
     ckpt = load_checkpoint(summary.checkpoint)
     steps = {int(s["step"]) for s in ckpt["optimizer"]["state"].values()}
     assert steps == {2}  # 4 micro-batches, accumulated 2 at a time
+
+
+class _RecordingSGD(torch.optim.SGD):
+    """Plain SGD that keeps a copy of the gradients each ``step`` saw."""
+
+    def __init__(self, params):
+        super().__init__(params, lr=0.1)
+        self.seen = []
+
+    def step(self, closure=None):
+        self.seen.append([p.grad.clone() for g in self.param_groups for p in g["params"] if p.grad is not None])
+        return super().step(closure)
+
+
+def _mae_epoch(batches, accum_iter, noise):
+    """One epoch of ``train_one_epoch`` with plain MAE on ``batches``; each forward takes its mask noise from the
+    front of ``noise``. Returns the gradients every update saw and the epoch's mean loss."""
+    from mimir_fast.methods import create_method
+    from mimir_fast.train.engine import EpochContext, train_one_epoch
+    from tests.test_attack import tiny_mae
+
+    torch.manual_seed(6)
+    model = tiny_mae()
+    encoder = model.forward_encoder
+    model.forward_encoder = lambda x, r, noise_=None: encoder(x, r, noise.pop(0))
+    cfg = build_config("digits", method="mae", batch_size=len(batches[0][0]), accum_iter=accum_iter, input_size=16,
+                       patch_size=4, warmup_epochs=0, epochs=1)
+    method = create_method(cfg)
+    optimizer = _RecordingSGD(model.parameters())
+    ctx = EpochContext(model=model, optimizer=optimizer, cfg=cfg, loss_fn=method.losses, loss_keys=method.loss_keys,
+                       steps=len(batches), base_lr=0.1, device=torch.device("cpu"))
+    stats = train_one_epoch(ctx, batches, 0)
+    assert not noise  # every mask came from the table
+    return optimizer.seen, stats["loss"]
+
+
+def test_two_micro_batches_of_8_update_as_one_batch_of_16():
+    """Gradient accumulation: the gradient of one update over micro-batches of 8 and 8 is the gradient of the mean
+    MAE loss over the 16 images (every image masks the same number of patches, so the 16-image mean is the mean of
+    the two 8-image means), with the same masks."""
+    x, labels = torch.rand(16, 3, 16, 16), torch.zeros(16, dtype=torch.long)
+    noise = torch.rand(16, 16)
+    whole, whole_loss = _mae_epoch([(x, labels)], 1, [noise])
+    split, split_loss = _mae_epoch([(x[:8], labels[:8]), (x[8:], labels[8:])], 2, [noise[:8], noise[8:]])
+    assert len(whole) == len(split) == 1 and len(whole[0]) > 10  # one update each, of every trained tensor
+    ulp = torch.finfo(torch.float32).eps
+    for g_split, g_whole in zip(split[0], whole[0], strict=True):
+        # fp32 sums in another order: within 16 ulps of the tensor's largest entry (4 measured)
+        torch.testing.assert_close(g_split, g_whole, rtol=0, atol=16 * ulp * g_whole.abs().max().item())
+    assert split_loss == pytest.approx(whole_loss, rel=8 * ulp)  # the mean of two fp32 means (1.5 ulps measured)
