@@ -1,7 +1,7 @@
 """Attacks on classifiers, all L∞ on inputs in [0, 1], input gradients only, under ``linf.attack_mode``.
 
 - ``pgd``: PGD on the mean cross-entropy from a uniform random start (torchattacks' ``PGD``, as MIMIR uses it);
-- ``trades_attack``: TRADES' maximisation of KL(f(x') ‖ f(x)) from x + 0.001·N(0, I);
+- ``trades_attack``: TRADES' maximisation of KL(f(x) ‖ f(x')) from x + 0.001·N(0, I);
 - ``pgd_mi``: MIMIR's adaptive attack, PGD on CE(f(x'), y) + λ·HSIC_nCCA(features(x'), x').
 """
 
@@ -38,7 +38,7 @@ def pgd(
 
 
 def trades_attack(model: nn.Module, images: torch.Tensor, *, eps: float, alpha: float, steps: int) -> torch.Tensor:
-    """TRADES' adversarial example: maximise Σ KL(softmax f(x') ‖ softmax f(x)) from x + 0.001·N(0, I)."""
+    """TRADES' adversarial example: maximise Σ KL(softmax f(x) ‖ softmax f(x')) from x + 0.001·N(0, I)."""
     with attack_mode(model):
         with torch.no_grad():
             p_clean = F.softmax(model(images), dim=1)

@@ -1,4 +1,4 @@
-"""``--method trades``: TRADES (Zhang et al. 2019), CE(f(x), y) + β·KL(f(x') ‖ f(x)) per example, with x'
+"""``--method trades``: TRADES (Zhang et al. 2019), CE(f(x), y) + β·KL(f(x) ‖ f(x')) per example, with x'
 from TRADES' inner maximisation of the KL; the cross-entropy is label-smoothed as in every method here."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class TradesOptions(Options):
 @register
 class Trades(FinetuneMethod):
     name = "trades"
-    summary = "TRADES: clean cross-entropy plus β·KL(f(x') ‖ f(x))"
+    summary = "TRADES: clean cross-entropy plus β·KL(f(x) ‖ f(x'))"
     options_cls = TradesOptions
 
     def losses(self, model: nn.Module, imgs: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
