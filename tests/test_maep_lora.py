@@ -23,8 +23,8 @@ COMMON = ["--method", "maep", "--no-norm_pix_loss", "--input_size", "16", "--pat
 
 
 def _few_digits(real):
-    def few(split):  # 128 training images: 4 steps of 32 per epoch, to keep the runs short
-        x, y = real(split)
+    def few(split, kind="digits"):  # 128 training images: 4 steps of 32 per epoch, to keep the runs short
+        x, y = real(split, kind)
         n = 128 if split == "train" else 8
         return x[:n], y[:n]
 

@@ -51,7 +51,7 @@ def test_unwritable_outputs_are_one_line_errors_before_any_work(tmp_path, capsys
          "--output_dir", "is a file"),
         (["export", "--resume", str(tmp_path / "c.pth"), "--output", str(tmp_path)], "--output", "is a folder"),
         (["export", "--resume", str(tmp_path / "c.pth"), "--output", str(tmp_path / "file" / "x.pth")],
-         "--output", "not writable"),
+         "the folder of --output", "is a file"),
     ]
     for argv, *needles in cases:
         code, out, err = run(argv, capsys)

@@ -41,7 +41,7 @@ def test_settings_a_resume_may_change_are_listed_once(tmp_path):
     assert summary.epochs_trained == 1  # epochs, print_freq, save_freq may change: it went on
     saved = load_checkpoint(tmp_path / "checkpoint-1.pth")["args"]
     assert changed_settings(saved, {**saved, "epochs": 9, "compile": "on", "device": "cpu"}) == []
-    assert changed_settings(saved, {**saved, "seed": 1, "blr": 1.0}) == ["seed 0 -> 1", f"blr {saved['blr']!r} -> 1.0"]
+    assert changed_settings(saved, {**saved, "seed": 1, "blr": 1.0}) == [f"blr {saved['blr']!r} -> 1.0", "seed 0 -> 1"]
 
 
 def test_explicit_resume_may_change_settings_and_records_them_beside(tmp_path, capsys):
