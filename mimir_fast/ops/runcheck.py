@@ -114,8 +114,8 @@ def check_unrecorded(run_once: Callable[[], None], *, budget_s: float = 30.0, co
         path, why = _dispatch._DECISIONS[key]
         paths.append(path)
         if not result.kernel.get("validated"):
-            out(f"kernels: {op} [{shape_class} {dtype}] failed its check ({why.split(': ', 1)[-1]}); it will not "
-                "be tried again on this machine, the reference runs")
+            out(f"kernels: {op} [{shape_class} {dtype}] rejected ({why}); it is not tried again on this machine, "
+                "the reference runs")
     if new:
         try:
             records.save(new)

@@ -24,8 +24,8 @@ from .catalog import OPS
 from .tolerance import compare
 
 Timer = Callable[[str, Callable[[], object]], float]
-"""(label, zero-argument callable) -> median milliseconds of one call. Labels: ``reference``,
-``compiled_reference`` and the candidates' names."""
+"""(label, zero-argument callable) -> median milliseconds of one call. Labels are ``<op>:<what>``, what being
+``reference``, ``compiled_reference`` or a candidate's name (``triton``, ``sdpa_flash``, ...)."""
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -187,11 +187,11 @@ def _validate_and_time(entry, result: CheckResult, device: torch.device, dtype: 
         cand.update(validated=all(c.ok for c in comps), max_error=worst.error, tolerance=worst.bound, worst=worst.name)
     if timer is None:
         return
-    result.reference_ms = timer("reference", _fwdbwd(entry.reference, inputs, idx, grad_out))
+    result.reference_ms = timer(f"{entry.name}:reference", _fwdbwd(entry.reference, inputs, idx, grad_out))
     for name, fn in entry.candidates().items():
         if result.candidates[name]["validated"]:
             try:
-                result.candidates[name]["ms"] = timer(name, _fwdbwd(fn, inputs, idx, grad_out))
+                result.candidates[name]["ms"] = timer(f"{entry.name}:{name}", _fwdbwd(fn, inputs, idx, grad_out))
             except torch.cuda.OutOfMemoryError:
                 raise
             except Exception as exc:
@@ -208,7 +208,7 @@ def _time_compiled(entry, result: CheckResult, inputs: tuple, idx: tuple[int, ..
         run = _fwdbwd(compiled, inputs, idx, grad_out)
         run()  # compilation, outside the timing
         compile_s = time.perf_counter() - start
-        result.compiled_reference_ms = timer("compiled_reference", run)
+        result.compiled_reference_ms = timer(f"{entry.name}:compiled_reference", run)
         result.reference_note = f"eager and torch.compile'd reference timed (compile {compile_s:.1f} s)"
     except torch.cuda.OutOfMemoryError:
         raise
