@@ -9,6 +9,7 @@ setup(
     packages=[
         "mimir_fast",
         "mimir_fast.ops",
+        "mimir_fast.doctor",
         "mimir_fast.attacks",
         "mimir_fast.data",
         "mimir_fast.train",
