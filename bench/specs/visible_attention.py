@@ -15,9 +15,15 @@ from __future__ import annotations
 import importlib.util
 
 import torch
-import torch.nn.functional as F
 
-from mimir_fast.ops.visible_attention import GRAD_ARGNUMS, SDPA_BACKENDS, SHAPES, make_inputs, sdpa_backend, visible_attention
+from mimir_fast.ops.visible_attention import (
+    GRAD_ARGNUMS,
+    SDPA_BACKENDS,
+    SHAPES,
+    make_inputs,
+    sdpa_backend,
+    visible_attention,
+)
 
 from ..registry import OpSpec
 from .common import standard_providers

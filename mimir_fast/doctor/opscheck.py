@@ -84,6 +84,7 @@ def run_stage(items: list[dict], *, device: str, deadline: float, compiled_refer
               workdir: Path) -> tuple[list[dict | None], list[str]]:
     """Run ``items`` in children until done or ``deadline`` (``time.time()``): per item its ``done`` event (None
     when not reached), and one note per child that died."""
+    workdir.mkdir(parents=True, exist_ok=True)
     done: dict[int, dict] = {}
     notes: list[str] = []
     pending = list(range(len(items)))
@@ -129,9 +130,9 @@ def _lost(item: dict, device: str, proc: procs.ProcResult, write_records: bool) 
                                     "ms": None, "error": f"the check's process died (exit {proc.returncode}): {tail}"}}
     record = None
     if device == "cuda":
-        from ..ops import _dispatch, records
-
         import torch
+
+        from ..ops import _dispatch, records
 
         record = result.record(_dispatch.device_identity(torch.device("cuda")), source="doctor")
         if write_records:

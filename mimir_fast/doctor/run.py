@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import datetime
 import tempfile
-from dataclasses import asdict
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -35,6 +35,8 @@ from .targets import evaluate, line, not_measured, point
 
 GPU_SHARES = {"ops": 200.0, "step_vit_b": 200.0, "vit_l_memory": 70.0, "loader": 20.0, "gpu_tests": 100.0}
 """Each CUDA stage's share of a 600 s budget (scaled to ``budget_s``), in run order."""
+RESERVE_S = 10.0
+"""Of a 600 s budget (scaled), kept for starting up and writing the report."""
 CPU_OPS_S = 240.0
 """The most the CPU's interpreter checks may take."""
 NEEDS_GPU = (
@@ -56,10 +58,11 @@ class _Clock:
         self.deadline = self.start + budget_s
         scale = budget_s / 600.0
         self.shares = {k: v * scale for k, v in shares.items()}
+        self.reserve = RESERVE_S * scale
 
     def box(self, stage: str, later: list[str]) -> float:
-        """Seconds for ``stage``: what is left, less the shares of the stages still to run after it."""
-        return max(0.0, self.deadline - time.time() - sum(self.shares[s] for s in later))
+        """Seconds for ``stage``: what is left, less the reserve and the shares of the stages still to run."""
+        return max(0.0, self.deadline - time.time() - self.reserve - sum(self.shares[s] for s in later))
 
 
 def _stage(stages: list[dict], name: str, status: str, seconds: float, budget_s: float | None, detail: str,

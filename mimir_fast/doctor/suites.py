@@ -24,7 +24,7 @@ def gpu_tests(root: Path, *, timeout_s: float, workdir: Path) -> dict:
     summary = next((ln for ln in reversed(proc.tail(30).splitlines())
                     if re.search(r"\d+ (passed|failed|error|skipped|deselected)", ln)), "")
     if proc.timed_out:
-        status, detail = "timeout", f"killed after {timeout_s:.0f} s" + (f"; last summary: {summary}" if summary else "")
+        status, detail = "timeout", f"killed after {timeout_s:.0f} s" + (f"; last: {summary}" if summary else "")
     else:
         status = "ok" if proc.returncode == 0 else "failed"
         detail = summary.strip("= ") or f"exit status {proc.returncode}: {proc.tail(2)}"

@@ -86,7 +86,8 @@ def test_a_wrong_kernel_is_rejected_and_the_reference_runs(fake_cuda, monkeypatc
     lines = []
     assert _check(run_once, lines) > 0
     assert calls, "the check did not run the kernel"
-    assert len(lines) == 2 and lines[0].startswith(f"kernels: {op} [") and f"rejected (mismatch: {wrong} error" in lines[0]
+    assert len(lines) == 2 and lines[0].startswith(f"kernels: {op} [")
+    assert f"rejected (mismatch: {wrong} error" in lines[0]
     assert "checked 1 shape classes" in lines[1] and "1 reference" in lines[1]
     (rec,) = records.load().values()  # recorded as failed for that key
     assert rec["op"] == op and rec["candidates"]["triton"]["validated"] is False
