@@ -46,7 +46,8 @@ def test_reduced_cpu_doctor_writes_its_report_and_exits_0(tmp_path):
         assert TARGET_FIELDS <= set(t) and t["pass"] is None and t["detail"] == "needs a CUDA GPU"
     assert saved["needs_gpu"] and saved["kernels"].startswith("kernels: patch_embed_visible reference (no CUDA)")
     assert {s["name"]: s["status"] for s in saved["stages"]} == {
-        "ops": "ok", "step_vit_b": "skipped", "vit_l_memory": "skipped", "loader": "skipped", "gpu_tests": "skipped"}
+        "ops": "ok", "step": "skipped", "scaling": "skipped", "vit_l_memory": "skipped", "loader": "skipped",
+        "gpu_tests": "skipped"}
     assert not records.cache_path().exists()  # interpreter checks write no dispatch record
     assert sum(ln.startswith("n/a ") for ln in lines) == len(targets.TARGETS)  # a line per target
 
@@ -108,6 +109,12 @@ def test_targets_from_given_measurements():
     assert missing["mfu"]["pass"] is True and missing["masking_speedup"]["pass"] is None
     assert missing["dali_headroom"]["detail"] == "DALI is not installed"
     assert all(t["pass"] is None for t in targets.evaluate([]))
+    eager = [_step(), _step(compile="off", median_ms=400.0), _step(compile="off", mask_ratio=0.0, img_per_sec=160.0),
+             _step(compile="off", attack_steps=10, median_ms=400.0 * 4.6 * 0.85)]
+    got = {t["name"]: t for t in targets.evaluate(eager)}  # the scaling figures of an eager pair
+    assert got["masking_speedup"]["value"] == pytest.approx(1024.0 / 160.0)
+    assert got["masking_speedup"]["detail"].startswith("off: ") and got["masking_speedup"]["pass"] is True
+    assert got["pgd10_deviation_pct"]["value"] == pytest.approx(15.0) and got["pgd10_deviation_pct"]["pass"] is False
 
 
 def test_op_record_on_cuda_reports_the_path_of_a_compiled_and_an_eager_run():
@@ -130,10 +137,11 @@ def test_op_record_on_cuda_reports_the_path_of_a_compiled_and_an_eager_run():
 
 def test_stage_boxes_leave_the_later_stages_their_share():
     clock = run._Clock(600.0, run.GPU_SHARES)
-    assert clock.box("ops", ["step_vit_b", "vit_l_memory", "loader", "gpu_tests"]) == pytest.approx(200.0, abs=1)
+    assert sum(run.GPU_SHARES.values()) + run.RESERVE_S == 600.0
+    assert clock.box("ops", list(run.GPU_SHARES)[1:]) == pytest.approx(180.0, abs=1)
     clock.deadline -= 150  # the first stages overran: the last one gets what is left
     assert clock.box("gpu_tests", []) == pytest.approx(440.0, abs=1)
-    assert run._Clock(300.0, run.GPU_SHARES).shares["ops"] == 100.0
+    assert run._Clock(300.0, run.GPU_SHARES).shares["ops"] == 90.0
 
 
 def test_a_check_that_kills_its_process_is_a_failed_kernel_and_the_rest_still_run(tmp_path, monkeypatch):

@@ -2,12 +2,13 @@
 
 On CUDA, in this order (seconds of a 600 s budget; a stage also gets what earlier ones left unused):
 
-- ``ops`` (200): every op at every benchmark shape in bf16 and fp32, validated against float64 and timed
+- ``ops`` (180): every op at every benchmark shape in bf16 and fp32, validated against float64 and timed
   against the eager and compiled references; writes the dispatch records;
-- ``step_vit_b`` (200): ViT-B/16 B=256 bf16 PGD-1, compiled (MFU), eager, reference-style, mask ratio 0, PGD-10;
-- ``vit_l_memory`` (70): one ViT-L/16 B=128 step's peak memory;
+- ``step`` (150): ViT-B/16 B=256 bf16 PGD-1: compiled (MFU), eager (compiled vs eager), reference-style;
+- ``scaling`` (90): the same configuration eager at mask ratio 0 and 0.75 and with PGD-10;
+- ``vit_l_memory`` (60): one eager ViT-L/16 B=128 step's peak memory;
 - ``loader`` (20): DALI against the step's rate, where DALI is installed;
-- ``gpu_tests`` (100): ``pytest -m gpu tests``.
+- ``gpu_tests`` (90): ``pytest -m gpu tests``.
 
 On a CPU, only ``ops``: every kernel at a tiny shape in Triton's interpreter (fp32, fp16), and the report of
 what needs a GPU. Every failure is recorded in the document; nothing raises past ``run_doctor``.
@@ -33,7 +34,8 @@ from .config import DoctorConfig, split
 from .procs import repo_root
 from .targets import evaluate, line, not_measured, point
 
-GPU_SHARES = {"ops": 200.0, "step_vit_b": 200.0, "vit_l_memory": 70.0, "loader": 20.0, "gpu_tests": 100.0}
+GPU_SHARES = {"ops": 180.0, "step": 150.0, "scaling": 90.0, "vit_l_memory": 60.0, "loader": 20.0,
+              "gpu_tests": 90.0}
 """Each CUDA stage's share of a 600 s budget (scaled to ``budget_s``), in run order."""
 RESERVE_S = 10.0
 """Of a 600 s budget (scaled), kept for starting up and writing the report."""
@@ -138,7 +140,7 @@ def run_doctor(cfg: DoctorConfig, out: Callable[[str], None] = print) -> dict:
     loader_records: list[dict] = []
     loader_skipped = ""
     if cuda:
-        plan = {"step_vit_b": cfg.suites, "vit_l_memory": cfg.suites, "loader": cfg.suites,
+        plan = {"step": cfg.suites, "scaling": cfg.suites, "vit_l_memory": cfg.suites, "loader": cfg.suites,
                 "gpu_tests": cfg.gpu_tests}
         for i, name in enumerate(order[1:], start=1):
             later = [s for s in order[i + 1:] if plan[s]]
@@ -157,11 +159,14 @@ def run_doctor(cfg: DoctorConfig, out: Callable[[str], None] = print) -> dict:
                 _stage(stages, name, "skipped", 0.0, box, "doctor budget spent", out)
                 continue
             try:
-                if name == "step_vit_b":
-                    stage, recs = suites.step_suites(root, compile_mode=cfg.compile, timeout_s=box, workdir=workdir)
+                if name == "step":
+                    stage, recs = suites.step(root, compile_mode=cfg.compile, timeout_s=box, workdir=workdir)
+                    step_records += recs
+                elif name == "scaling":
+                    stage, recs = suites.scaling(root, timeout_s=box, workdir=workdir)
                     step_records += recs
                 elif name == "vit_l_memory":
-                    stage, recs = suites.vit_l_memory(root, compile_mode=cfg.compile, timeout_s=box, workdir=workdir)
+                    stage, recs = suites.vit_l_memory(root, timeout_s=box, workdir=workdir)
                     step_records += recs
                 elif name == "loader":
                     base = point(step_records)  # the compiled target step: the rate the loader must keep up with

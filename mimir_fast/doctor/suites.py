@@ -37,28 +37,37 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def step_suites(root: Path, *, compile_mode: str, timeout_s: float, workdir: Path) -> tuple[dict, list[dict]]:
-    """The ViT-B/16 points every target but memory needs, in one ``bench.step`` process (so that they share its
-    warm caches), in the order the targets need them: the compiled PGD-1 step (MFU), eager (compiled vs eager),
-    reference-style, mask ratio 0, PGD-10. Points finished before a timeout are kept."""
-    out = workdir / "step_vit_b"
+def _bench_step(name: str, args: list[str], expected: int, *, root: Path, timeout_s: float,
+                workdir: Path) -> tuple[dict, list[dict]]:
+    """One ``bench.step`` process; the points it finished before a timeout are kept."""
+    out = workdir / name
     records = out / "points.jsonl"
-    proc = procs.run(["-m", "bench.step", "--suite", "step", "compile", "baseline", "masking", "pgd",
-                      "--configs", TARGET_CONFIG, "--methods", "mimir", "--pgd_steps", "1", "10",
-                      "--compile", compile_mode, "--iters", "10", "--out", str(out), "--records_jsonl", str(records)],
-                     timeout_s=timeout_s, log=workdir / "step_vit_b.log", cwd=root, env=_env())
-    return _stage(proc, _jsonl(records), 5), _jsonl(records)
+    proc = procs.run(["-m", "bench.step", *args, "--methods", "mimir", "--out", str(out), "--records_jsonl",
+                      str(records)], timeout_s=timeout_s, log=workdir / f"{name}.log", cwd=root, env=_env())
+    return _stage(proc, _jsonl(records), expected), _jsonl(records)
 
 
-def vit_l_memory(root: Path, *, compile_mode: str, timeout_s: float, workdir: Path) -> tuple[dict, list[dict]]:
-    """One ViT-L/16 B=128 MIMIR PGD-1 step: its peak memory."""
-    out = workdir / "step_vit_l"
-    records = out / "points.jsonl"
-    proc = procs.run(["-m", "bench.step", "--suite", "step", "--configs", VIT_L_CONFIG, "--methods", "mimir",
-                      "--compile", compile_mode, "--iters", "3", "--warmup", "0", "--out", str(out),
-                      "--records_jsonl", str(records)], timeout_s=timeout_s, log=workdir / "step_vit_l.log", cwd=root,
-                     env=_env())
-    return _stage(proc, _jsonl(records), 1), _jsonl(records)
+def step(root: Path, *, compile_mode: str, timeout_s: float, workdir: Path) -> tuple[dict, list[dict]]:
+    """ViT-B/16 B=256 bf16 PGD-1 in one process (they share its warm caches), in the order the targets need them:
+    the compiled step (MFU), the eager step (compiled vs eager), the reference-style step."""
+    return _bench_step("step", ["--suite", "step", "compile", "baseline", "--configs", TARGET_CONFIG,
+                                "--compile", compile_mode, "--iters", "10"], 3,
+                       root=root, timeout_s=timeout_s, workdir=workdir)
+
+
+def scaling(root: Path, *, timeout_s: float, workdir: Path) -> tuple[dict, list[dict]]:
+    """The masking speedup (mask ratio 0 against 0.75) and PGD-K scaling (PGD-10 against PGD-1) of the same
+    configuration, eager: each compiled point would cost a compilation the budget does not have."""
+    return _bench_step("scaling", ["--suite", "masking", "pgd", "--configs", TARGET_CONFIG, "--pgd_steps", "1", "10",
+                                   "--compile", "off", "--iters", "5"], 3,
+                       root=root, timeout_s=timeout_s, workdir=workdir)
+
+
+def vit_l_memory(root: Path, *, timeout_s: float, workdir: Path) -> tuple[dict, list[dict]]:
+    """One ViT-L/16 B=128 MIMIR PGD-1 step, eager (no compilation in the budget): its peak memory."""
+    return _bench_step("vit_l_memory", ["--suite", "step", "--configs", VIT_L_CONFIG, "--compile", "off",
+                                        "--iters", "3", "--warmup", "0"], 1,
+                       root=root, timeout_s=timeout_s, workdir=workdir)
 
 
 def loader(root: Path, *, step_img_per_sec: float | None, timeout_s: float, workdir: Path) -> tuple[dict, list[dict]]:
