@@ -146,6 +146,8 @@ def check_op(op: str, shape: dict, dtype: torch.dtype | str, device: torch.devic
             _validate_and_time(entry, result, device, dtype, timer, compiled_reference)
         except torch.cuda.OutOfMemoryError as exc:
             result.error = f"out of memory: {one_line(exc)}"
+        except Exception as exc:  # the check itself (inputs, reference, timer) failed: nothing learnt about the kernel
+            result.error = f"the check raised {one_line(exc)}"
         finally:
             if device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -227,3 +227,21 @@ def test_a_compiled_step_traces_the_paths_the_records_chose(fake_cuda, monkeypat
     truth = step(model64, [p for p in model64.parameters() if p.requires_grad], imgs.double())
     for name, t, g, p in zip(("loss", *names), truth, got, plain):
         assert_close(name, t, g, p, torch.float32)
+
+
+def test_a_check_that_cannot_run_leaves_the_key_unchecked(fake_cuda, monkeypatch):
+    """A failure of the check itself (here: its inputs) says nothing about the kernel: unchecked, not failed."""
+    import dataclasses
+
+    from mimir_fast.ops import validate
+
+    def broken(*args):
+        raise RuntimeError("no inputs")
+
+    run_once, _ = op_call("decoder_unshuffle")
+    monkeypatch.setitem(validate.OPS, "decoder_unshuffle", dataclasses.replace(OPS["decoder_unshuffle"],
+                                                                               make_inputs=broken))
+    lines = []
+    _check(run_once, lines)
+    assert "1 left unchecked (reference)" in lines[0] and records.load() == {}
+    assert "reference (unchecked: the check raised RuntimeError: no inputs)" in runcheck.kernel_report_line()

@@ -79,3 +79,13 @@ def test_a_failed_write_leaves_the_old_file(monkeypatch):
         records.save({b["key"]: b})
     assert records.cache_path().read_text() == before
     assert [p.name for p in records.cache_path().parent.iterdir()] == ["dispatch.json"]
+
+
+def test_a_malformed_record_is_skipped(monkeypatch):
+    monkeypatch.setitem(_dispatch._IDENTITY, 0, FAKE_GPU)
+    good, bad = fake_record(), fake_record(dtype="float16")
+    bad["candidates"]["triton"]["ms"] = "fast"  # edited by hand
+    records.save({good["key"]: good, bad["key"]: bad})
+    _dispatch.ensure_loaded()
+    assert _ask([SimpleNamespace(device=torch.device("cuda", 0))])
+    assert (FAKE_GPU, "patch_embed_visible", "n4-c3-px16-p4-d40-keep4", "float16") not in _dispatch._DECISIONS
