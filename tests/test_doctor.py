@@ -193,3 +193,79 @@ def test_plan_puts_the_target_shapes_of_every_op_first():
 
 if sys.platform != "linux":  # /proc and process groups
     pytestmark = pytest.mark.skip(reason="Linux only")
+
+
+def test_the_cuda_run_wires_its_stages_into_one_document(tmp_path, monkeypatch):
+    """The CUDA branch of ``run_doctor`` on the CPU, every stage faked with what it would return: the op records
+    and paths, each stage's time box, the targets from the suites' step records, the files and the exit code."""
+    from dataclasses import asdict
+
+    import torch
+
+    from mimir_fast.doctor import report, suites
+    from mimir_fast.ops.catalog import OPS
+    from mimir_fast.ops.validate import CheckResult
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(report, "environment", lambda device: {
+        "device": "NVIDIA H200", "device_type": "cuda", "capability": "9.0", "torch": "2.11.0", "triton": "3.6.0",
+        "cuda": "12.8", "python": "3.12", "git_commit": "0123456789abcdef", "repository_checkout": True})
+    monkeypatch.setattr(run, "repo_root", lambda: tmp_path)
+    monkeypatch.setattr(run, "_dali", lambda: False)
+    boxes = {}
+
+    def fake_ops(items, *, device, deadline, compiled_reference, write_records, workdir):
+        assert device == "cuda" and compiled_reference and write_records
+        boxes["ops"] = deadline - time.time()
+        events = []
+        for item in items:
+            fast = item["op"] != "hsic_gram"
+            result = CheckResult(item["op"], item["dtype"], item["shape"], OPS[item["op"]].shape_class(item["shape"]),
+                                 candidates={"triton": {"validated": item["op"] != "decoder_unshuffle",
+                                                        "max_error": 1e-3, "tolerance": 2e-3, "worst": "out",
+                                                        "ms": 1.0 if fast else 3.0, "error": None}},
+                                 reference_ms=2.0, compiled_reference_ms=1.5)
+            events.append({"event": "done", "result": asdict(result), "record": None})
+        return events, []
+
+    def fake_suite(name, recs):
+        def run_suite(root, *, timeout_s, workdir, env, **kwargs):
+            boxes[name] = timeout_s
+            assert "MIMIR_FAST_KERNELS" not in env
+            return {"status": "ok", "detail": f"{len(recs)} measurements", "log": "x.log"}, recs
+        return run_suite
+
+    monkeypatch.setattr(opscheck, "run_stage", fake_ops)
+    monkeypatch.setattr(suites, "step", fake_suite("step", [_step(), _step(compile="off", median_ms=400.0),
+                                                            _step(mode="reference", compile="off", median_ms=900.0)]))
+    monkeypatch.setattr(suites, "scaling", fake_suite("scaling", [
+        _step(compile="off", median_ms=400.0), _step(compile="off", mask_ratio=0.0, img_per_sec=256.0),
+        _step(compile="off", attack_steps=10, median_ms=400.0 * 4.6)]))
+    monkeypatch.setattr(suites, "vit_l_memory", fake_suite("vit_l_memory", [
+        _step(config="imagenet_vit_l_b128", compile="off", peak_memory_gb=70.0)]))
+    def fake_tests(root, *, timeout_s, workdir, env):
+        boxes["gpu_tests"] = timeout_s
+        return {"status": "failed", "detail": "1 failed, 80 passed"}
+
+    monkeypatch.setattr(suites, "gpu_tests", fake_tests)
+    monkeypatch.setenv("MIMIR_FAST_KERNELS", "torch")
+    doc = run_doctor(DoctorConfig(out=str(tmp_path / "out"), ops="patch_embed_visible,decoder_unshuffle,hsic_gram"),
+                     out=lambda line: None)
+    assert boxes["ops"] == pytest.approx(180, abs=2) and boxes["gpu_tests"] > 90  # unused time rolls over
+    stages = {s["name"]: (s["status"], s["detail"]) for s in doc["stages"]}
+    assert stages["loader"] == ("skipped", "DALI is not installed") and stages["gpu_tests"][0] == "failed"
+    assert stages["ops"][0] == "failed"  # decoder_unshuffle mismatched
+    paths = {(r["op"], r["shape_name"], r["dtype"]): (r["path"], r["reason"]) for r in doc["ops"]}
+    assert paths[("patch_embed_visible", "vit_b_224_b256", "bfloat16")] == ("triton", "validated, 1.50x")
+    assert paths[("hsic_gram", "imagenet_vit_b_b256", "float32")] == ("reference", "slower: 0.50x")
+    assert paths[("decoder_unshuffle", "mimir_224_b256", "bfloat16")][1].startswith("mismatch: out error")
+    assert {r["dtype"] for r in doc["ops"]} == {"bfloat16", "float32"}
+    got = {t["name"]: t["pass"] for t in doc["targets"]}
+    assert got == {"mfu": True, "masking_speedup": True, "pgd10_deviation_pct": True, "baseline_speedup": False,
+                   "dali_headroom": None, "vit_l_memory_gb": True}
+    assert doc["exit_code"] == 1 and doc["kernels"].startswith("kernels (auto): patch_embed_visible[vit_b_224_b256 "
+                                                                "bfloat16] triton (validated, 1.50x)")
+    (path,) = (tmp_path / "out").glob("doctor_nvidia-h200_*_01234567.json")
+    md = path.with_suffix(".md").read_text()
+    assert "PASS  mfu" in md and "FAIL  baseline_speedup" in md and "| gpu_tests | failed |" in md

@@ -99,7 +99,10 @@ def run_stage(items: list[dict], *, device: str, deadline: float, compiled_refer
                          timeout_s=deadline - time.time() + 10, log=workdir / f"ops_{attempt}.log")
         started = []
         for line in out_path.read_text().splitlines() if out_path.exists() else []:
-            event = json.loads(line)
+            try:
+                event = json.loads(line)
+            except ValueError:  # a line cut short when the child died
+                continue
             if event["event"] == "start":
                 started.append(event["i"])
             else:

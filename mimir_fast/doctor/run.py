@@ -121,9 +121,12 @@ def run_doctor(cfg: DoctorConfig, out: Callable[[str], None] = print) -> dict:
         _stage(stages, "ops", "skipped", 0.0, None, "triton is not installed: auto runs every reference", out)
     else:
         box = clock.box("ops", order[1:]) if cuda else min(cfg.budget_s, CPU_OPS_S)
-        events, notes = opscheck.run_stage(items, device=device.type, deadline=t0 + box,
-                                           compiled_reference=cfg.compiled_reference,
-                                           write_records=cfg.write_records and cuda, workdir=workdir)
+        try:
+            events, notes = opscheck.run_stage(items, device=device.type, deadline=t0 + box,
+                                               compiled_reference=cfg.compiled_reference,
+                                               write_records=cfg.write_records and cuda, workdir=workdir)
+        except Exception as exc:  # the stage's own failure is recorded, never raised
+            events, notes = [None] * len(items), [f"the op stage failed: {type(exc).__name__}: {exc}"[:300]]
         op_records = [opscheck.op_record(i, e, cuda=cuda, compiled_run=cfg.compile != "off")
                       for i, e in zip(items, events)]
         bad = [r for r in op_records if r.get("kernel_failed")]
@@ -140,6 +143,7 @@ def run_doctor(cfg: DoctorConfig, out: Callable[[str], None] = print) -> dict:
     loader_records: list[dict] = []
     loader_skipped = ""
     if cuda:
+        children = suites.child_env(None if cfg.write_records else workdir / "dispatch.json")
         plan = {"step": cfg.suites, "scaling": cfg.suites, "vit_l_memory": cfg.suites, "loader": cfg.suites,
                 "gpu_tests": cfg.gpu_tests}
         for i, name in enumerate(order[1:], start=1):
@@ -160,20 +164,21 @@ def run_doctor(cfg: DoctorConfig, out: Callable[[str], None] = print) -> dict:
                 continue
             try:
                 if name == "step":
-                    stage, recs = suites.step(root, compile_mode=cfg.compile, timeout_s=box, workdir=workdir)
+                    stage, recs = suites.step(root, compile_mode=cfg.compile, timeout_s=box, workdir=workdir,
+                                                env=children)
                     step_records += recs
                 elif name == "scaling":
-                    stage, recs = suites.scaling(root, timeout_s=box, workdir=workdir)
+                    stage, recs = suites.scaling(root, timeout_s=box, workdir=workdir, env=children)
                     step_records += recs
                 elif name == "vit_l_memory":
-                    stage, recs = suites.vit_l_memory(root, timeout_s=box, workdir=workdir)
+                    stage, recs = suites.vit_l_memory(root, timeout_s=box, workdir=workdir, env=children)
                     step_records += recs
                 elif name == "loader":
                     base = point(step_records)  # the compiled target step: the rate the loader must keep up with
                     stage, loader_records = suites.loader(root, step_img_per_sec=base and base["img_per_sec"],
-                                                          timeout_s=box, workdir=workdir)
+                                                          timeout_s=box, workdir=workdir, env=children)
                 else:
-                    stage = suites.gpu_tests(root, timeout_s=box, workdir=workdir)
+                    stage = suites.gpu_tests(root, timeout_s=box, workdir=workdir, env=children)
             except Exception as exc:  # a stage's own failure is recorded, never raised
                 stage = {"status": "failed", "detail": f"{type(exc).__name__}: {exc}"[:300]}
             _stage(stages, name, stage.pop("status"), time.time() - t0, box, stage.pop("detail"), out, **stage)
