@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
 import re
@@ -87,13 +88,25 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def _strict(value):
+    """``value`` with every non-finite float as None: the file stays strict JSON (an infinite error means the
+    result held NaN; the record's ``reason`` says what failed)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
 def write(doc: dict, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write the JSON document and its ``.md`` into ``out_dir``; return both paths."""
+    """Write the JSON document (strict JSON) and its ``.md`` into ``out_dir``; return both paths."""
     now = datetime.datetime.fromisoformat(doc["created_utc"])
     path = Path(out_dir) / f"{file_stem(doc['env'], now)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     md = path.with_suffix(".md")
     doc["files"] = {"json": str(path), "md": str(md)}
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    path.write_text(json.dumps(_strict(doc), indent=2, allow_nan=False) + "\n")
     md.write_text(markdown(doc))
     return path, md
