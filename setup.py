@@ -9,11 +9,13 @@ setup(
     packages=[
         "mimir_fast",
         "mimir_fast.ops",
+        "mimir_fast.doctor",
         "mimir_fast.attacks",
         "mimir_fast.data",
         "mimir_fast.train",
         "mimir_fast.evaluate",
         "mimir_fast.purify",
+        "mimir_fast.methods",
         "mimir_fast.kernels",
     ],
     package_dir={"mimir_fast.kernels": "kernels"},

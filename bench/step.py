@@ -22,13 +22,19 @@ Suites (``--suite``):
 
 The grid alone writes ``step_<device>_<date>_<sha>.json`` (what ``bench/loader.py`` reads), other selections
 ``step-<suites>_...``; each has step records (``kind: step``; a point that failed has only its ``error``) and
-the suites' summary records (``kind: summary``, ``bench/step_summary.py``). A table is printed at the end.
+the suites' summary records (``kind: summary``, ``bench/step_summary.py``). A table is printed at the end;
+``--records_jsonl`` also appends each step record to a file as soon as it is measured.
+
+Each point runs as a training run does: before its first step, the dispatch check of ``mimir_fast.ops.runcheck``
+validates and times the kernel calls that have no record on this GPU (at most 30 s), and the record says which
+path each op took (``kernels``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import time
 from dataclasses import asdict, dataclass, replace
 
@@ -37,6 +43,7 @@ import torch._dynamo
 
 from mimir_fast.device import autocast_dtype, resolve_device
 from mimir_fast.methods import create_method
+from mimir_fast.ops.runcheck import check_unrecorded, kernel_report_line
 from mimir_fast.train import compile as compile_module
 from mimir_fast.train.compile import compile_model, resolve_compile
 from mimir_fast.train.engine import train_step
@@ -100,12 +107,17 @@ def measure(point: Point, device: torch.device, iters: int, backend: str = "indu
         optimizer = build_optimizer(param_groups_weight_decay(model, cfg.weight_decay), 1e-4, (0.9, 0.95), device)
         guard = NonFiniteGuard(optimizer, device)
         amp = autocast_dtype(cfg.precision, device)
-        losses = create_method(cfg).losses
+        loss_fn = create_method(cfg).losses
 
         def make(m):
-            return lambda: train_step(m, imgs, labels, optimizer, losses, amp, guard=guard)
+            return lambda: train_step(m, imgs, labels, optimizer, loss_fn, amp, guard=guard)
+
+        def run_once():  # the eager step without its update, for the dispatch check
+            train_step(model, imgs, labels, optimizer, loss_fn, amp, update=False)
+            optimizer.zero_grad(set_to_none=True)
 
         count = make(model)
+        check_unrecorded(run_once, compiled=compiled)
         if compiled:
             torch._dynamo.reset()  # a fresh cache per point: no recompile limit carried over, compile time counted
             with compile_backend(backend):
@@ -144,6 +156,7 @@ def measure(point: Point, device: torch.device, iters: int, backend: str = "indu
         "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         "first_calls_s": first_calls,
         "compile_s": max(sum(first_calls) - FIRST_CALLS * step_s, 0.0) if compiled else None,
+        "kernels": kernel_report_line() if point.mode == "fast" else None,
     }
     if point.mode == "reference":
         record.update(nonfinite_losses=ref.nonfinite_losses, hsic_left_out=ref.hsic_left_out)
@@ -212,6 +225,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help="torch.compile backend (aot_eager: the same graphs without code generation)")
     p.add_argument("--warmup", type=int, default=1, choices=[0, 1],
                    help="1: one untimed eager measurement first (the first point of a process is slower)")
+    p.add_argument("--records_jsonl", default=None,
+                   help="also append each step record to this file as soon as it is measured (one JSON per line)")
     add_run_args(p)
     args = p.parse_args(argv)
     device = resolve_device(args.device)
@@ -227,6 +242,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for point in suite_points(suite, args, device):
             if point.key() not in measured:
                 measured[point.key()] = measure_or_error(point, device, args.iters, args.compile_backend)
+                if args.records_jsonl:
+                    with open(args.records_jsonl, "a") as f:
+                        f.write(json.dumps(measured[point.key()]) + "\n")
             by_suite[suite].append(measured[point.key()])
     summaries = step_summary.summarize(by_suite)
     results = list(measured.values()) + summaries

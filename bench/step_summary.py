@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-TARGET_CONFIG = "imagenet_vit_b_b256"
-TARGETS = {"mfu": 0.45, "masking_speedup": 3.7, "pgd10_deviation_pct": 10.0, "baseline_speedup": 4.0,
-           "vit_l_memory_gb": 80.0}
-"""The issue's targets on one H100 (ViT-B/16, 224 px, MIMIR decoder, B = 256, bf16, PGD-1)."""
+from mimir_fast.doctor.targets import TARGET_CONFIG
+from mimir_fast.doctor.targets import TARGETS as _TARGETS
+
+TARGETS = {t.name: t.threshold for t in _TARGETS}
+"""The targets on one H100 (ViT-B/16, 224 px, MIMIR decoder, B = 256, bf16, PGD-1), defined with
+``mimir-fast doctor``'s (mimir_fast/doctor/targets.py)."""
 
 
 def _by_config(records: list[dict]) -> dict[str, list[dict]]:

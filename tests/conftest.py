@@ -1,5 +1,5 @@
 """Shared test setup: Triton's CPU interpreter for kernels, NaN-filled kernel outputs, the ``gpu`` marker,
-fixed seeds."""
+fixed seeds, and a private dispatch-record cache per test (the user's own cache is never read or written)."""
 
 import os
 
@@ -23,6 +23,21 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _private_dispatch_records(monkeypatch, tmp_path):
+    """Each test starts with no dispatch record, in its own cache file, and the in-run check off (tests that
+    exercise it turn it on)."""
+    from mimir_fast.ops import _dispatch
+    from mimir_fast.ops.records import PATH_ENV
+    from mimir_fast.ops.runcheck import CHECK_ENV
+
+    monkeypatch.setenv(PATH_ENV, str(tmp_path / "dispatch.json"))
+    monkeypatch.setenv(CHECK_ENV, "0")
+    _dispatch.reset()
+    yield
+    _dispatch.reset()
 
 
 @pytest.fixture(autouse=True)

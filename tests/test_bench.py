@@ -115,3 +115,14 @@ def test_reference_step_trains_without_kernels():
     assert isinstance(loss, float) and math.isfinite(loss) and ref.hsic_left_out == 0
     assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before))  # it trained
     assert not any(g.get("fused") for g in ref.optimizer.param_groups)  # torch's default AdamW, as the reference
+
+
+def test_step_records_are_appended_as_they_are_measured(tmp_path):
+    """``--records_jsonl``: each step record as soon as it is measured (what ``mimir-fast doctor`` keeps when a
+    suite runs past its time box), with the path each op took."""
+    log = tmp_path / "points.jsonl"
+    results = step.main(["--configs", "digits_tiny", "--methods", "mae", "--iters", "1", "--warmup", "0",
+                         "--out", str(tmp_path), "--records_jsonl", str(log)])
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert lines == [r for r in results if r["kind"] == "step"] and len(lines) == 1
+    assert lines[0]["kernels"].startswith("kernels: patch_embed_visible reference (no CUDA)")

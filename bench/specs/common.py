@@ -9,15 +9,9 @@ from typing import Callable
 import torch
 
 from mimir_fast.ops._dispatch import ENV_VAR
+from mimir_fast.ops.hsic_gram import HSIC_SHAPES
 
-HSIC_SHAPES = {
-    "tiny": dict(m=32, tokens=17, dim=64, px=16),
-    "cifar10_vit_s": dict(m=128, tokens=65, dim=384, px=32),  # MIMIR CIFAR-10, patch 2, per-GPU batch
-    "imagenet_vit_b_b256": dict(m=256, tokens=50, dim=768, px=224),
-    "imagenet_vit_b_b512": dict(m=512, tokens=50, dim=768, px=224),  # MIMIR ImageNet per-GPU batch
-}
-"""The HSIC shapes (m samples of a (tokens, dim) latent and a 3 × px × px image), shared by hsic_gram and
-hsic_normalized_cca."""
+__all__ = ["HSIC_SHAPES", "forced", "standard_providers"]
 
 
 def forced(mode: str, fn: Callable) -> Callable:

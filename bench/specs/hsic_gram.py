@@ -5,26 +5,15 @@ from __future__ import annotations
 
 import torch
 
-from mimir_fast.ops.hsic_gram import hsic_gram
+from mimir_fast.ops.hsic_gram import GRAD_ARGNUMS, SHAPES, hsic_gram, make_inputs
 
 from ..registry import OpSpec
-from .common import HSIC_SHAPES, standard_providers
-
-SIGMA = 5.0
-"""MIMIR's bandwidth factor."""
+from .common import standard_providers
 
 
 def _dims(shape: dict) -> tuple[int, int, int]:
     """m, dx = (1 + L_keep)·D latent columns, dy = 3·px² pixel columns."""
-    return shape["m"], shape["tokens"] * shape["dim"], 3 * shape["px"] ** 2
-
-
-def _inputs(shape: dict, device: torch.device, dtype: torch.dtype, requires_grad: bool) -> tuple:
-    """The encoder latent (needs a gradient in fwdbwd) and the images (never do, as in MIMIR's training)."""
-    m, dx, dy = _dims(shape)
-    x = torch.randn(m, dx, device=device, dtype=dtype, requires_grad=requires_grad)
-    y = torch.rand(m, dy, device=device, dtype=dtype)
-    return x, y, SIGMA
+    return shape["m"], shape["dx"], shape["dy"]
 
 
 def _flops(shape: dict, mode: str) -> float:
@@ -50,10 +39,10 @@ def _bytes(shape: dict, mode: str, dtype: torch.dtype) -> float:
 
 SPEC = OpSpec(
     name="hsic_gram",
-    shapes=HSIC_SHAPES,
-    make_inputs=_inputs,
+    shapes=SHAPES,
+    make_inputs=make_inputs,
     providers=standard_providers(hsic_gram),
     flops=_flops,
     bytes=_bytes,
-    grad_argnums=(0,),
+    grad_argnums=GRAD_ARGNUMS,
 )

@@ -1,5 +1,6 @@
 """Public ops, usable on their own. Each has a plain-PyTorch reference (``<op>_ref``) that runs on any device
-and dtype, and a Triton kernel chosen per call by ``_dispatch.use_triton`` (``MIMIR_FAST_KERNELS``).
+and dtype, and a Triton kernel chosen per call by ``_dispatch.choose`` (``MIMIR_FAST_KERNELS``; under ``auto``
+the dispatch records of ``records``, see docs/dispatch.md).
 
 Shapes: N batch, C channels, H = W image side, p patch side, L = (H/p)² patches, L_keep kept patches,
 D / Dd encoder / decoder width, heads H_a, tokens T, head width hd, m HSIC samples.

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ._dispatch import use_triton
+from ._dispatch import pow2_bucket, use_triton
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -97,6 +97,41 @@ def _backward(ctx, grad_out):
 decoder_unshuffle_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+# ------------------------------------------------------------------------- shapes (dispatch check, benchmarks)
+SHAPES = {
+    "tiny": dict(n=4, length=16, keep=4, dd=40),
+    "mimir_224_b256": dict(n=256, length=196, keep=49, dd=128),  # MIMIR decoder (128 wide), 224/16, 75%
+    "mae_224_b256": dict(n=256, length=196, keep=49, dd=512),  # MAE decoder (512 wide), 224/16, 75%
+    "cifar_p2_b256": dict(n=256, length=256, keep=64, dd=128),  # MIMIR CIFAR-10, patch 2, 75%
+}
+"""Named shapes: N samples, L patches, L_keep kept, decoder width Dd. ``tiny`` is for the CPU."""
+
+GRAD_ARGNUMS = (0, 1)
+"""Inputs of ``make_inputs`` that take gradients: x and mask_token; pos_embed is frozen (MAE)."""
+
+
+def shape_of(x: torch.Tensor, ids_restore: torch.Tensor) -> dict:
+    """A call's sizes in ``make_inputs``' vocabulary."""
+    return dict(n=x.shape[0], length=ids_restore.shape[1], keep=x.shape[1] - 1, dd=x.shape[2])
+
+
+def shape_class(shape: dict) -> str:
+    """The dispatch records' class of a shape: the batch rounded up to a power of two, the rest exact."""
+    return f"n{pow2_bucket(shape['n'])}-l{shape['length']}-keep{shape['keep']}-dd{shape['dd']}"
+
+
+def make_inputs(shape: dict, device: torch.device, dtype: torch.dtype, requires_grad: bool) -> tuple:
+    """Random (x, mask_token, ids_restore, pos_embed) of ``shape``; ``GRAD_ARGNUMS`` need gradients."""
+    from ..models_mae import masking_indices  # models_mae imports this module
+
+    n, length, keep, dd = shape["n"], shape["length"], shape["keep"], shape["dd"]
+    x = torch.randn(n, 1 + keep, dd, device=device, dtype=dtype, requires_grad=requires_grad)
+    mask_token = (0.02 * torch.randn(dd, device=device)).to(dtype).requires_grad_(requires_grad)
+    pos = torch.randn(1 + length, dd, device=device, dtype=dtype)  # frozen, as in MAE
+    _, ids_restore, _ = masking_indices(torch.rand(n, length, device=device), keep)
+    return x, mask_token, ids_restore, pos
+
+
 # ---------------------------------------------------------------------------------------------- public op
 def decoder_unshuffle(
     x: torch.Tensor, mask_token: torch.Tensor, ids_restore: torch.Tensor, pos_embed: torch.Tensor
@@ -133,7 +168,8 @@ def decoder_unshuffle(
     )
     reason = (f"needs float32/float16/bfloat16 x, mask_token, pos_embed and int64 ids_restore; got {x.dtype}, "
               f"{mask_token.dtype}, {pos_embed.dtype}, {ids_restore.dtype}")
+    shape = shape_of(x, ids_restore)
     if not use_triton("decoder_unshuffle", x, mask_token, ids_restore, pos_embed, supported=supported,
-                      reason=reason):
+                      reason=reason, dtype=x.dtype, shape=shape, shape_class=shape_class(shape)):
         return decoder_unshuffle_ref(x, mask_token, ids_restore, pos_embed)
     return decoder_unshuffle_fwd(x, mask_token, ids_restore, pos_embed)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ._dispatch import use_triton
+from ._dispatch import pow2_bucket, use_triton
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_M = 1024
@@ -111,6 +111,43 @@ def _backward(ctx, grad_out, _grad_r):
 hsic_gram_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+# ------------------------------------------------------------------------- shapes (dispatch check, benchmarks)
+SIGMA = 5.0
+"""MIMIR's bandwidth factor, used by ``make_inputs``."""
+
+HSIC_SHAPES = {
+    "tiny": dict(m=32, tokens=17, dim=64, px=16),
+    "cifar10_vit_s": dict(m=128, tokens=65, dim=384, px=32),  # MIMIR CIFAR-10, patch 2, per-GPU batch
+    "imagenet_vit_b_b256": dict(m=256, tokens=50, dim=768, px=224),
+    "imagenet_vit_b_b512": dict(m=512, tokens=50, dim=768, px=224),  # MIMIR ImageNet per-GPU batch
+}
+"""MIMIR's HSIC inputs: m samples of a (tokens, dim) latent and of a 3 × px × px image (also used by the
+``hsic_normalized_cca`` benchmark). ``tiny`` is for the CPU."""
+
+SHAPES = {name: dict(m=s["m"], dx=s["tokens"] * s["dim"], dy=3 * s["px"] ** 2) for name, s in HSIC_SHAPES.items()}
+"""``HSIC_SHAPES`` as ``hsic_gram``'s (m, dx, dy)."""
+
+GRAD_ARGNUMS = (0,)
+"""Inputs of ``make_inputs`` that take gradients: the latent x; the images y do not (MIMIR's training)."""
+
+
+def shape_of(x: torch.Tensor, y: torch.Tensor) -> dict:
+    """A call's sizes in ``make_inputs``' vocabulary."""
+    return dict(m=x.shape[0], dx=x.shape[1], dy=y.shape[1])
+
+
+def shape_class(shape: dict) -> str:
+    """The dispatch records' class of a shape: m rounded up to a power of two, the widths exact."""
+    return f"m{pow2_bucket(shape['m'])}-dx{shape['dx']}-dy{shape['dy']}"
+
+
+def make_inputs(shape: dict, device: torch.device, dtype: torch.dtype, requires_grad: bool) -> tuple:
+    """A latent-like x ~ N(0, 1) (m, dx), pixel-like y ~ U[0, 1) (m, dy) and σ; ``GRAD_ARGNUMS`` need gradients."""
+    x = torch.randn(shape["m"], shape["dx"], device=device, dtype=dtype, requires_grad=requires_grad)
+    y = torch.rand(shape["m"], shape["dy"], device=device, dtype=dtype)
+    return x, y, SIGMA
+
+
 # ---------------------------------------------------------------------------------------------- public op
 def hsic_gram(x: torch.Tensor, y: torch.Tensor, sigma: float) -> torch.Tensor:
     """The right-centered Gaussian kernel matrices of both HSIC variables.
@@ -131,7 +168,9 @@ def hsic_gram(x: torch.Tensor, y: torch.Tensor, sigma: float) -> torch.Tensor:
                  and 0 < x.shape[1] <= MAX_D and 0 < y.shape[1] <= MAX_D)
     reason = (f"needs float32/float16/bfloat16 inputs, 2 ≤ m ≤ {MAX_M} and 1 ≤ d ≤ {MAX_D} columns; got "
               f"{x.dtype} {tuple(x.shape)} and {y.dtype} {tuple(y.shape)}")
-    if not use_triton("hsic_gram", x, y, supported=supported, reason=reason):
+    shape = shape_of(x, y)
+    if not use_triton("hsic_gram", x, y, supported=supported, reason=reason, dtype=x.dtype, shape=shape,
+                      shape_class=shape_class(shape)):
         return hsic_gram_ref(x, y, sigma)
     out, _ = hsic_gram_fwd(x, y, float(sigma))
     return out

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ._dispatch import use_triton
+from ._dispatch import pow2_bucket, use_triton
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_PATCH_ELEMENTS = 8192
@@ -101,6 +101,50 @@ def _backward(ctx, grad_loss, _grad_mask_sum):
 masked_mse_loss_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+# ------------------------------------------------------------------------- shapes (dispatch check, benchmarks)
+SHAPES = {
+    "tiny": dict(n=4, c=3, px=16, p=4, norm_pix=True),
+    "vit_b_224_b256": dict(n=256, c=3, px=224, p=16, norm_pix=True),  # MAE/MIMIR ImageNet, 196 patches
+    "vit_b_224_b256_plain": dict(n=256, c=3, px=224, p=16, norm_pix=False),  # without norm_pix_loss
+    "cifar_p2_b256": dict(n=256, c=3, px=32, p=2, norm_pix=True),  # MIMIR CIFAR-10, patch 2, 256 patches
+    "cifar_p2_b128": dict(n=128, c=3, px=32, p=2, norm_pix=True),
+}
+"""Named shapes: N images of C × px × px (``px_w``: another width), patch p, norm-pix or not. ``tiny``: the CPU."""
+
+GRAD_ARGNUMS = (0, 1)
+"""Inputs of ``make_inputs`` that take gradients: imgs (the attack's target is the image) and pred."""
+
+
+def shape_of(imgs: torch.Tensor, patch_size: int, norm_pix: bool) -> dict:
+    """A call's sizes in ``make_inputs``' vocabulary."""
+    n, c, h, w = imgs.shape
+    shape = dict(n=n, c=c, px=h, p=patch_size, norm_pix=bool(norm_pix))
+    if w != h:
+        shape["px_w"] = w
+    return shape
+
+
+def shape_class(shape: dict) -> str:
+    """The dispatch records' class of a shape: the batch rounded up to a power of two, the rest exact."""
+    return (f"n{pow2_bucket(shape['n'])}-c{shape['c']}-px{shape['px']}x{shape.get('px_w', shape['px'])}"
+            f"-p{shape['p']}-{'norm' if shape['norm_pix'] else 'plain'}")
+
+
+def make_inputs(shape: dict, device: torch.device, dtype: torch.dtype, requires_grad: bool) -> tuple:
+    """Random (imgs, pred, mask, patch_size, norm_pix) of ``shape`` (three quarters of the patches removed);
+    ``GRAD_ARGNUMS`` need gradients; the mask is float32, as the model's."""
+    from ..models_mae import masking_indices  # models_mae imports this module
+
+    n, c, h, p = shape["n"], shape["c"], shape["px"], shape["p"]
+    w = shape.get("px_w", h)
+    length = (h // p) * (w // p)
+    imgs = torch.randn(n, c, h, w, device=device, dtype=dtype, requires_grad=requires_grad)
+    # the decoder's x[:, 1:, :] (CLS row dropped), a view with row stride (1 + L)·K, as the model passes it
+    pred = torch.randn(n, 1 + length, p * p * c, device=device, dtype=dtype, requires_grad=requires_grad)[:, 1:]
+    _, _, mask = masking_indices(torch.rand(n, length, device=device), length // 4)
+    return imgs, pred, mask, p, shape["norm_pix"]
+
+
 # ---------------------------------------------------------------------------------------------- public op
 def masked_mse_loss(
     imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, patch_size: int, norm_pix: bool = False
@@ -139,7 +183,9 @@ def masked_mse_loss(
     supported = {imgs.dtype, pred.dtype, mask.dtype} <= set(SUPPORTED_DTYPES) and p * p * c <= MAX_PATCH_ELEMENTS
     reason = (f"needs float32/float16/bfloat16 imgs, pred and mask and p·p·C ≤ {MAX_PATCH_ELEMENTS}; got "
               f"{imgs.dtype}, {pred.dtype}, {mask.dtype}, p·p·C = {p * p * c}")
-    if not use_triton("masked_mse_loss", imgs, pred, mask, supported=supported, reason=reason):
+    shape = shape_of(imgs, patch_size, norm_pix)
+    if not use_triton("masked_mse_loss", imgs, pred, mask, supported=supported, reason=reason, dtype=pred.dtype,
+                      shape=shape, shape_class=shape_class(shape)):
         return masked_mse_loss_ref(imgs, pred, mask, patch_size, norm_pix)
     loss, _ = masked_mse_loss_fwd(imgs, pred, mask, patch_size, norm_pix)
     return loss

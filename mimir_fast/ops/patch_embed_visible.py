@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._dispatch import use_triton
+from ._dispatch import pow2_bucket, use_triton
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -116,6 +116,45 @@ def _backward(ctx, grad_out):
 patch_embed_visible_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+# ------------------------------------------------------------------------- shapes (dispatch check, benchmarks)
+SHAPES = {
+    "tiny": dict(n=4, c=3, px=16, p=4, d=40, keep=4),
+    "vit_b_224_b256": dict(n=256, c=3, px=224, p=16, d=768, keep=49),  # ViT-B/16, 75% masking
+    "vit_s_224_b256": dict(n=256, c=3, px=224, p=16, d=384, keep=49),  # ViT-S/16, 75% masking
+    "cifar_p2_b256": dict(n=256, c=3, px=32, p=2, d=384, keep=64),  # MIMIR CIFAR-10 ViT-S, patch 2
+}
+"""Named shapes: N images of C × px × px, patch p, width D, L_keep kept patches. ``tiny`` is for the CPU."""
+
+GRAD_ARGNUMS = (0, 1, 2)
+"""Inputs of ``make_inputs`` that take gradients: imgs (the attack's), weight and bias; pos_embed is frozen (MAE)."""
+
+
+def shape_of(imgs: torch.Tensor, weight: torch.Tensor, ids_keep: torch.Tensor) -> dict:
+    """A call's sizes in ``make_inputs``' vocabulary."""
+    return dict(n=imgs.shape[0], c=imgs.shape[1], px=imgs.shape[2], p=weight.shape[-1], d=weight.shape[0],
+                keep=ids_keep.shape[1])
+
+
+def shape_class(shape: dict) -> str:
+    """The dispatch records' class of a shape: the batch rounded up to a power of two, the rest exact."""
+    return (f"n{pow2_bucket(shape['n'])}-c{shape['c']}-px{shape['px']}-p{shape['p']}-d{shape['d']}"
+            f"-keep{shape['keep']}")
+
+
+def make_inputs(shape: dict, device: torch.device, dtype: torch.dtype, requires_grad: bool) -> tuple:
+    """Random (imgs, weight, bias, pos_embed, ids_keep) of ``shape``; ``GRAD_ARGNUMS`` need gradients."""
+    from ..models_mae import masking_indices  # models_mae imports this module
+
+    n, c, px, p, d = shape["n"], shape["c"], shape["px"], shape["p"], shape["d"]
+    length = (px // p) ** 2
+    imgs = torch.rand(n, c, px, px, device=device, dtype=dtype, requires_grad=requires_grad)
+    weight = (torch.randn(d, c, p, p, device=device) / (c * p * p) ** 0.5).to(dtype).requires_grad_(requires_grad)
+    bias = (0.02 * torch.randn(d, device=device)).to(dtype).requires_grad_(requires_grad)
+    pos = torch.randn(length, d, device=device, dtype=dtype)  # frozen, as in MAE
+    ids_keep, _, _ = masking_indices(torch.rand(n, length, device=device), shape["keep"])
+    return imgs, weight, bias, pos, ids_keep
+
+
 # ---------------------------------------------------------------------------------------------- public op
 def patch_embed_visible(
     imgs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pos_embed: torch.Tensor, ids_keep: torch.Tensor
@@ -160,8 +199,9 @@ def patch_embed_visible(
     )
     reason = (f"needs float32/float16/bfloat16 tensors (imgs, weight and bias of one dtype) and int64 ids_keep; "
               f"got {imgs.dtype}, {weight.dtype}, {bias.dtype}, {pos_embed.dtype}, {ids_keep.dtype}")
+    shape = shape_of(imgs, weight, ids_keep)
     if not use_triton("patch_embed_visible", imgs, weight, bias, pos_embed, ids_keep, supported=supported,
-                      reason=reason):
+                      reason=reason, dtype=conv_dtype, shape=shape, shape_class=shape_class(shape)):
         return patch_embed_visible_ref(imgs, weight, bias, pos_embed, ids_keep)
     imgs, weight, bias = imgs.to(conv_dtype), weight.to(conv_dtype), bias.to(conv_dtype)
     return patch_embed_visible_fwd(imgs, weight, bias, pos_embed, ids_keep)

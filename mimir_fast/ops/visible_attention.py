@@ -18,8 +18,10 @@ Which one ``visible_attention`` runs (``MIMIR_FAST_KERNELS``, see ``_dispatch``)
 
 - ``torch``: ``F.scaled_dot_product_attention(q, k, v)``, torch's own backend choice;
 - ``triton``: the kernel (an error if it cannot run the call);
-- ``auto`` (default): on CUDA, the backend that ``FASTEST_BACKEND`` lists for the call's shape class; the
-  plain SDPA call for a shape class it does not list, and always off CUDA.
+- ``auto`` (default): on CUDA, the fastest backend for the call's shape class, the "fastest backend" table:
+  the dispatch record of the class (``_dispatch.choose``) names the Triton kernel or one SDPA backend when it
+  was validated against float64 and timed faster than the plain SDPA call; the plain SDPA call otherwise
+  (no record, slower, off CUDA).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._dispatch import kernel_mode, use_triton
+from ._dispatch import REFERENCE, TRITON, choose, pow2_bucket
 
 MAX_HEAD_DIM = 128
 """Largest head dimension the kernel supports (``mimir_fast.kernels.visible_attention.MAX_HEAD_DIM``)."""
@@ -40,36 +42,45 @@ SDPA_BACKENDS = {
     "sdpa_efficient": "EFFICIENT_ATTENTION",
     "sdpa_math": "MATH",
 }
-"""The ``FASTEST_BACKEND`` values that name an SDPA backend -> their ``torch.nn.attention.SDPBackend`` member.
-They match the benchmark providers of the same names (bench/specs/visible_attention.py)."""
+"""The candidate names of the SDPA backends -> their ``torch.nn.attention.SDPBackend`` member. They match the
+benchmark providers of the same names (bench/specs/visible_attention.py)."""
 
 BACKENDS = ("triton", *SDPA_BACKENDS)
+"""The candidates of the fastest-backend table: the Triton kernel and every SDPA backend."""
 
-FASTEST_BACKEND: dict[tuple[int, int, str], str] = {}
-"""Shape class ``(head-dim bucket, T bucket, dtype name)`` (see ``shape_class``) -> the backend measured
-fastest for it (fwd+bwd) on CUDA: ``"triton"`` or one of ``SDPA_BACKENDS``.
+SHAPES = {
+    "tiny": dict(n=2, h=2, t=17, hd=8),
+    "vit_b_enc_b256": dict(n=256, h=12, t=50, hd=64),  # ViT-B/16 encoder, 224 px, 75 % masked: 1 + 49 tokens
+    "vit_s_enc_b256": dict(n=256, h=6, t=50, hd=64),  # ViT-S/16 encoder, same tokens
+    "mimir_dec_b256": dict(n=256, h=16, t=197, hd=8),  # MIMIR decoder: 128 wide, 16 heads, 1 + 196 tokens
+    "mae_dec_b256": dict(n=256, h=16, t=197, hd=32),  # MAE decoder: 512 wide, 16 heads
+    "cifar_p2": dict(n=256, h=6, t=65, hd=64),  # ViT-S, CIFAR 32 px, patch 2: 1 + 64 of 256 patches
+    "vit_h_enc_b64": dict(n=64, h=16, t=65, hd=80),  # ViT-H/14 encoder, 224 px, 75 % masked: 1 + 64 tokens
+    "hd128_b64": dict(n=64, h=8, t=65, hd=128),  # the largest head dimension the kernel takes
+}
+"""Named shapes: N samples, H heads, T tokens, head width hd. ``tiny`` is for the CPU."""
 
-Filled by hand from the benchmark results in bench/results (``python -m bench.ops --op visible_attention``,
-the fwdbwd median of each provider per shape), and only from them. Empty until GPU measurements exist: every
-call under ``auto`` then runs the plain SDPA call, i.e. torch's own choice, exactly what the models ran before.
-Example entry: ``(64, 64, "bfloat16"): "triton"`` for ViT-B at 50 visible tokens.
-"""
+GRAD_ARGNUMS = (0, 1, 2)
+"""Inputs of ``make_inputs`` that take gradients: q, k and v."""
 
 
-def shape_class(q: torch.Tensor) -> tuple[int, int, str]:
-    """The ``FASTEST_BACKEND`` key of a call: (hd rounded up to a power of two ≥ 8, T rounded up to a power of
-    two ≥ 16, dtype name). E.g. ViT-B/16 encoder at 75 % masking, q (N, 12, 50, 64) bf16 -> (64, 64, "bfloat16")."""
-    return shape_class_of(q.shape[-1], q.shape[-2], str(q.dtype).removeprefix("torch."))
+def shape_of(q: torch.Tensor) -> dict:
+    """A call's sizes in ``make_inputs``' vocabulary."""
+    n, h, t, hd = q.shape
+    return dict(n=n, h=h, t=t, hd=hd)
 
 
-def shape_class_of(hd: int, t: int, dtype: str) -> tuple[int, int, str]:
-    """``shape_class`` from a head width, a token count and a dtype name (e.g. a benchmark record's)."""
-    hd_bucket, t_bucket = 8, 16
-    while hd_bucket < hd:
-        hd_bucket *= 2
-    while t_bucket < t:
-        t_bucket *= 2
-    return hd_bucket, t_bucket, dtype
+def shape_class(shape: dict) -> str:
+    """The dispatch records' class of a shape: N·H rounded up to a power of two, hd to one ≥ 8, T to one ≥ 16.
+    E.g. the ViT-B/16 encoder at 75 % masking, (256, 12, 50, 64) -> ``"nh4096-hd64-t64"``."""
+    return f"nh{pow2_bucket(shape['n'] * shape['h'])}-hd{pow2_bucket(shape['hd'], 8)}-t{pow2_bucket(shape['t'], 16)}"
+
+
+def make_inputs(shape: dict, device: torch.device, dtype: torch.dtype, requires_grad: bool) -> tuple:
+    """q, k, v as the model makes them: views of one (N, T, 3, H, hd) tensor permuted to (3, N, H, T, hd)."""
+    n, h, t, hd = shape["n"], shape["h"], shape["t"], shape["hd"]
+    qkv = torch.randn(n, t, 3, h, hd, device=device, dtype=dtype, requires_grad=requires_grad)
+    return tuple(qkv.permute(2, 0, 3, 1, 4).unbind(0))  # q, k, v: (N, H, T, hd) each
 
 
 def visible_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -142,6 +153,20 @@ visible_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 # --- the public op ------------------------------------------------------------------------------------------
 
 
+def sdpa_backend(backend: str):
+    """SDPA restricted to one backend (an ``SDPA_BACKENDS`` name), with no fallback: it raises where that backend
+    cannot run a call (e.g. flash attention on float32). The candidates the dispatch check times."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    member = getattr(SDPBackend, SDPA_BACKENDS[backend])
+
+    def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        with sdpa_kernel([member]):
+            return F.scaled_dot_product_attention(q, k, v)
+
+    return run
+
+
 def _sdpa_with(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """SDPA restricted to one backend, with MATH allowed as the fallback: torch tries the named backend first
     (its priority order puts MATH last), so a call the measured backend cannot take still runs."""
@@ -163,31 +188,29 @@ def visible_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
         (N, H, T, hd) in the input dtype (the autocast dtype under autocast, as SDPA). The kernel's output is
         a view of an (N, T, H, hd) buffer, so ``o.transpose(1, 2).reshape(N, T, H * hd)`` does not copy.
 
-    The kernel runs under ``MIMIR_FAST_KERNELS=triton``, or under ``auto`` where ``FASTEST_BACKEND`` lists it
-    for this shape class on CUDA; every other call is ``F.scaled_dot_product_attention(q, k, v)``, under the
-    SDPA backend ``FASTEST_BACKEND`` lists if any (module docstring).
+    The kernel runs under ``MIMIR_FAST_KERNELS=triton``, or under ``auto`` where this shape class's dispatch
+    record picks it on CUDA; every other call is ``F.scaled_dot_product_attention(q, k, v)``, under the SDPA
+    backend the record picks if any (module docstring).
     """
-    mode = kernel_mode()
-    backend = None
-    if mode == "triton":
-        backend = "triton"
-    elif mode == "auto" and q.is_cuda:
-        backend = FASTEST_BACKEND.get(shape_class(q))
-    if backend == "triton":
-        if torch.is_autocast_enabled(q.device.type):  # what SDPA does under autocast: run in the autocast dtype
-            dtype = torch.get_autocast_dtype(q.device.type)
-            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-        supported = (
-            q.dim() == 4 and k.shape == q.shape and v.shape == q.shape and q.shape[2] >= 1
-            and 1 <= q.shape[-1] <= MAX_HEAD_DIM and q.dtype in SUPPORTED_DTYPES and k.dtype == v.dtype == q.dtype
-        )
-        reason = "" if supported else (
-            f"needs q, k, v of one (N, H, T, hd) shape with hd ≤ {MAX_HEAD_DIM} and one dtype among "
-            f"{SUPPORTED_DTYPES}; got {tuple(q.shape)} {q.dtype}, {tuple(k.shape)} {k.dtype}, "
-            f"{tuple(v.shape)} {v.dtype}"
-        )
-        if use_triton("visible_attention", q, k, v, supported=supported, reason=reason):
-            return visible_attention_fwd(q, k, v)[0]
-    elif backend in SDPA_BACKENDS:
+    dtype, autocast = q.dtype, torch.is_autocast_enabled(q.device.type)
+    if autocast:  # what SDPA does under autocast: run in the autocast dtype
+        dtype = torch.get_autocast_dtype(q.device.type)
+    supported = (
+        q.dim() == 4 and k.shape == q.shape and v.shape == q.shape and q.shape[2] >= 1
+        and 1 <= q.shape[-1] <= MAX_HEAD_DIM and dtype in SUPPORTED_DTYPES
+        and (autocast or k.dtype == v.dtype == q.dtype)
+    )
+    reason = "" if supported else (
+        f"needs q, k, v of one (N, H, T, hd) shape with hd ≤ {MAX_HEAD_DIM} and one dtype among "
+        f"{SUPPORTED_DTYPES}; got {tuple(q.shape)} {q.dtype}, {tuple(k.shape)} {k.dtype}, "
+        f"{tuple(v.shape)} {v.dtype}"
+    )
+    shape = shape_of(q) if q.dim() == 4 else {}
+    backend = choose("visible_attention", q, k, v, supported=supported, reason=reason, dtype=dtype, shape=shape,
+                     shape_class=shape_class(shape) if shape else "")
+    if backend == TRITON:
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+        return visible_attention_fwd(q, k, v)[0]
+    if backend != REFERENCE:
         return _sdpa_with(backend, q, k, v)
     return F.scaled_dot_product_attention(q, k, v)

@@ -5,33 +5,22 @@ reference run at the kernel's precision, plus the rounding floor of that precisi
 
     |tri - truth|_max <= 2 |ref_lowp - truth|_max + floor(dtype) · max(1, |truth|_max)
 
-so no tolerance is picked by hand. Data-movement kernels (gather, scatter) are compared with ``atol=0``.
+so no tolerance is picked by hand. The rule itself lives in ``mimir_fast/ops/tolerance.py`` (the dispatch check
+applies it at run time). Data-movement kernels (gather, scatter) are compared with ``atol=0``.
 """
 
 from __future__ import annotations
 
 import torch
 
-FLOOR = {torch.float64: 1e-12, torch.float32: 2**-20, torch.float16: 2**-9, torch.bfloat16: 2**-6}
-"""Rounding floor per dtype: a few units in the last place of a value of magnitude 1."""
+from mimir_fast.ops.tolerance import FLOOR, compare, err_ratio, max_err
 
-
-def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Largest absolute difference, computed in float64; NaN anywhere gives inf."""
-    d = (a.double() - b.double()).abs()
-    return float("inf") if torch.isnan(d).any() else d.max().item() if d.numel() else 0.0
-
-
-def err_ratio(ref: torch.Tensor, tri: torch.Tensor) -> float:
-    """RMS(tri - ref) / RMS(ref) in float64 (FLA's ``get_err_ratio``); NaN anywhere gives inf."""
-    d = tri.double() - ref.double()
-    if torch.isnan(d).any():
-        return float("inf")
-    return (d.pow(2).mean().sqrt() / ref.double().pow(2).mean().sqrt().clamp_min(1e-30)).item()
+__all__ = ["FLOOR", "assert_close", "assert_equal", "err_ratio", "max_err"]
 
 
 def assert_close(name: str, truth: torch.Tensor, tri: torch.Tensor, ref_lowp: torch.Tensor, dtype: torch.dtype):
-    """Check ``tri`` against ``truth`` within twice ``ref_lowp``'s error plus the floor of ``dtype``.
+    """Check ``tri`` against ``truth`` within twice ``ref_lowp``'s error plus the floor of ``dtype``
+    (``mimir_fast.ops.tolerance``, the rule the dispatch check applies at run time).
 
     Args:
         name: what is compared, for the failure message (e.g. ``"dq"``).
@@ -41,14 +30,8 @@ def assert_close(name: str, truth: torch.Tensor, tri: torch.Tensor, ref_lowp: to
         dtype: the kernel's precision.
     """
     assert tri.shape == truth.shape, f"{name}: shape {tuple(tri.shape)} != {tuple(truth.shape)}"
-    scale = max(1.0, truth.double().abs().max().item() if truth.numel() else 1.0)
-    lowp_err = max_err(ref_lowp, truth)
-    bound = 2 * lowp_err + FLOOR[dtype] * scale
-    err = max_err(tri, truth)
-    assert err <= bound, (
-        f"{name}: max error {err:.3e} > bound {bound:.3e} (PyTorch {dtype} error {lowp_err:.3e}, "
-        f"ratio {err_ratio(truth, tri):.2e})"
-    )
+    c = compare(name, truth, tri, ref_lowp, dtype)
+    assert c.ok, f"{c.message(dtype)}, ratio {err_ratio(truth, tri):.2e}"
 
 
 def assert_equal(name: str, ref: torch.Tensor, tri: torch.Tensor):

@@ -10,12 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mimir_fast.ops import _dispatch
 from mimir_fast.ops._dispatch import KernelUnavailable
 from mimir_fast.ops.visible_attention import (
     BACKENDS,
-    FASTEST_BACKEND,
     _sdpa_with,
     shape_class,
+    shape_of,
     visible_attention,
     visible_attention_ref,
 )
@@ -145,15 +146,12 @@ def test_forced_triton_rejects_unsupported(monkeypatch, kernel_device, shape, dt
         visible_attention(q, q, q)
 
 
-def test_fastest_backend_table():
-    """Every entry maps a well-formed shape class to a known backend; the buckets are powers of two."""
-    assert shape_class(torch.empty(2, 12, 50, 64, dtype=torch.bfloat16)) == (64, 64, "bfloat16")
-    assert shape_class(torch.empty(2, 16, 197, 8)) == (8, 256, "float32")
-    assert shape_class(torch.empty(2, 6, 65, 40, dtype=torch.float16)) == (64, 128, "float16")
-    for (hd, t, dtype), backend in FASTEST_BACKEND.items():
-        assert backend in BACKENDS
-        assert hd & (hd - 1) == 0 and 8 <= hd <= 128 and t & (t - 1) == 0 and t >= 16
-        assert dtype in ("float32", "float16", "bfloat16")
+def test_shape_class_buckets():
+    """The fastest-backend table's classes: N·H, hd (≥ 8) and T (≥ 16) rounded up to powers of two."""
+    assert shape_class(shape_of(torch.empty(256, 12, 50, 64))) == "nh4096-hd64-t64"
+    assert shape_class(shape_of(torch.empty(2, 16, 197, 8))) == "nh32-hd8-t256"
+    assert shape_class(shape_of(torch.empty(2, 6, 65, 40))) == "nh16-hd64-t128"
+    assert shape_class(shape_of(torch.empty(1, 1, 3, 5))) == "nh1-hd8-t16"
 
 
 @pytest.mark.gpu
@@ -187,8 +185,9 @@ class TestGPU:
     def test_table_backend(self, monkeypatch, backend):
         monkeypatch.setenv("MIMIR_FAST_KERNELS", "auto")
         q, k, v = _qkv(2, 4, 50, 64, torch.bfloat16, torch.device("cuda")).unbind(0)
-        assert torch.equal(visible_attention(q, k, v), F.scaled_dot_product_attention(q, k, v))  # empty table
-        monkeypatch.setitem(FASTEST_BACKEND, shape_class(q), backend)
+        assert torch.equal(visible_attention(q, k, v), F.scaled_dot_product_attention(q, k, v))  # no record
+        key = (_dispatch.device_identity(q.device), "visible_attention", shape_class(shape_of(q)), "bfloat16")
+        monkeypatch.setitem(_dispatch._DECISIONS, key, (backend, "test"))
         o = visible_attention(q, k, v)
         if backend == "triton":
             assert o.transpose(1, 2).is_contiguous(), "the kernel's o is an (N, T, H, hd) buffer: did it run?"
