@@ -7,6 +7,7 @@
 - ``mimir-fast eval --resume CKPT [--attacks ...]``: robustness evaluation with integrity checks.
 - ``mimir-fast export --resume CKPT --output FILE [--encoder_only]``: weights for timm or other tools.
 - ``mimir-fast demo``: the whole pipeline on the embedded digits, with a comparison table.
+- ``mimir-fast doctor [--out DIR]``: what works on this machine and how fast (docs/doctor.md).
 
 Flags are the fields of the command's config class (MAE's and MIMIR's flag names) and, for pretrain and finetune,
 each method's options, grouped under the method in ``--help``. Bad input ends with one line on stderr and exit
@@ -21,41 +22,13 @@ import sys
 import threading
 from dataclasses import fields
 
+from .configs import field_docs
 from .errors import MimirFastError, one_line
-
-_TYPES = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float, "str | None": str}
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line (exit code 2)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _add_flag(group, flag: str, type_name: str, doc: str, default) -> None:
-    help_text = f"{doc} (default: {default})"
-    if type_name == "bool":
-        group.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                           help=help_text)
-    else:
-        group.add_argument(f"--{flag}", type=_TYPES[type_name], default=argparse.SUPPRESS, help=help_text,
-                           metavar=flag.upper())
-
-
-def _add_config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None:
-    """One flag per config field, typed from its annotation, with the field's docstring as help."""
-    from .configs import field_docs
-
-    docs = field_docs(config_cls)
-    for f in fields(config_cls):
-        if f.name != "options":
-            _add_flag(parser, f.name, f.type, docs.get(f.name, ""), f.default)
+from .flags import Parser, add_config_flags, add_flag
 
 
 def _add_method_flags(parser: argparse.ArgumentParser, task: str, default: str) -> None:
     """Each registered method of ``task`` with its own flags, in a help group of its own."""
-    from .configs import field_docs
     from .methods import method_classes
 
     classes = method_classes(task)
@@ -68,24 +41,25 @@ def _add_method_flags(parser: argparse.ArgumentParser, task: str, default: str) 
         by_name = {f.name: f for f in fields(cls.options_cls)}
         for flag, field_name in cls.options_cls.flags().items():
             f = by_name[field_name]
-            _add_flag(group, flag, f.type, docs.get(field_name, ""), f.default)
+            add_flag(group, flag, f.type, docs.get(field_name, ""), f.default)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .demo import DemoConfig
+    from .doctor import DoctorConfig
     from .evaluate.config import EvalConfig
     from .export import ExportConfig
     from .train.config import FinetuneConfig, PretrainConfig
 
-    parser = _Parser(prog="mimir-fast", description="Fast MIMIR pretraining for robust Vision Transformers.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    parser = Parser(prog="mimir-fast", description="Fast MIMIR pretraining for robust Vision Transformers.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     pretrain = sub.add_parser(
         "pretrain",
         help="pretraining of a masked autoencoder (no arguments: MIMIR on the embedded digits)",
         description="Pretrain a masked autoencoder with --method (each method's own flags are listed under it; "
         "the other flags are shared). Explicit flags override the preset and the method's defaults.",
     )
-    _add_config_flags(pretrain, PretrainConfig)
+    add_config_flags(pretrain, PretrainConfig)
     _add_method_flags(pretrain, "pretrain", PretrainConfig.method)
     finetune = sub.add_parser(
         "finetune",
@@ -93,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune a ViT classifier with --method, from a pretraining checkpoint's encoder (--finetune) "
         "or from scratch (each method's own flags are listed under it; the other flags are shared).",
     )
-    _add_config_flags(finetune, FinetuneConfig)
+    add_config_flags(finetune, FinetuneConfig)
     _add_method_flags(finetune, "finetune", FinetuneConfig.method)
     evaluate = sub.add_parser(
         "eval",
@@ -103,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(fra31 standard or rand), MIMIR's adaptive PGD-MI, a PGD-20 robust-accuracy curve, and integrity checks. "
         "Shards examples across ranks under torchrun.",
     )
-    _add_config_flags(evaluate, EvalConfig)
+    add_config_flags(evaluate, EvalConfig)
     exporter = sub.add_parser(
         "export",
         help="write a classifier's weights for timm (or an encoder-only file)",
@@ -111,14 +85,22 @@ def build_parser() -> argparse.ArgumentParser:
         "VisionTransformer(global_pool='avg'), "
         "or with --encoder_only the transformer trunk in MAE's {'model': ...} layout.",
     )
-    _add_config_flags(exporter, ExportConfig)
+    add_config_flags(exporter, ExportConfig)
     demo = sub.add_parser(
         "demo",
         help="the whole pipeline on the embedded digits: MIMIR vs MAE pretraining vs scratch, fine-tuned and attacked",
         description="Pretrain (MIMIR, MAE), adversarially fine-tune (also from scratch) and evaluate on the embedded "
         "digits, then print a comparison table.",
     )
-    _add_config_flags(demo, DemoConfig)
+    add_config_flags(demo, DemoConfig)
+    doctor = sub.add_parser(
+        "doctor",
+        help="what works on this machine, and how fast: kernel checks, dispatch records, step benchmarks, targets",
+        description="Validate every Triton kernel against a float64 reference and time it against the eager and "
+        "compiled references, write the dispatch records, and on a GPU run the GPU tests and the step benchmarks "
+        "and end with a pass/fail line per performance target (docs/doctor.md).",
+    )
+    add_config_flags(doctor, DoctorConfig)
     return parser
 
 
@@ -167,6 +149,12 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import DoctorConfig, run_doctor
+
+    return run_doctor(DoctorConfig(**{k: v for k, v in vars(args).items() if k != "command"}))["exit_code"]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mimir-fast``; returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -184,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             _export(args)
         elif args.command == "demo":
             _demo(args)
+        elif args.command == "doctor":
+            return _doctor(args)
     except MimirFastError as e:
         _end_progress_line()
         # one write, so that the lines of several ranks sharing a stderr pipe do not interleave

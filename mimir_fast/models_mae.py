@@ -18,24 +18,10 @@ from torch import nn
 from .errors import ConfigError
 from .ops.decoder_unshuffle import decoder_unshuffle
 from .ops.masked_mse_loss import masked_mse_loss
+from .ops.masking import masking_indices
 from .ops.patch_embed_visible import patch_embed_visible
 from .pos_embed import sincos_2d
 from .vit_layers import Block, PatchEmbed
-
-
-def masking_indices(noise: torch.Tensor, len_keep: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """MAE's per-sample shuffle from uniform ``noise`` (N, L): the lowest ``len_keep`` values are kept.
-
-    Returns ``ids_keep`` (N, L_keep) in shuffled order, ``ids_restore`` (N, L) that undoes the shuffle,
-    and ``mask`` (N, L) float, 0 = kept, 1 = removed, in patch order.
-    """
-    n, length = noise.shape
-    ids_shuffle = torch.argsort(noise, dim=1)
-    ids_restore = torch.argsort(ids_shuffle, dim=1)
-    mask = torch.ones(n, length, device=noise.device)
-    mask[:, :len_keep] = 0
-    mask = torch.gather(mask, 1, ids_restore)
-    return ids_shuffle[:, :len_keep], ids_restore, mask
 
 
 class MaskedAutoencoderViT(nn.Module):

@@ -68,3 +68,13 @@ def test_log_has_one_row_per_epoch_after_resuming_an_older_checkpoint(tmp_path):
     run_pretrain(_cfg(tmp_path, method="mae", epochs=3, resume=str(tmp_path / "checkpoint-0.pth")))
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "log.txt").read_text().splitlines()]
     assert epochs == [0, 1, 2]
+
+
+def test_every_run_reports_the_path_each_op_took(tmp_path, capsys):
+    run_pretrain(_cfg(tmp_path, method="mae", epochs=2))
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("kernels: "))
+    assert "patch_embed_visible reference (no CUDA)" in line and "masked_mse_loss reference (no CUDA)" in line
+    rows = [json.loads(ln) for ln in (tmp_path / "log.txt").read_text().splitlines()]
+    assert rows[0]["kernels"]["ops"]["patch_embed_visible"][0]["path"] == "reference" and "kernels" not in rows[1]
+    assert json.loads((tmp_path / "config.json").read_text())["kernels"] == rows[0]["kernels"]

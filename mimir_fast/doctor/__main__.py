@@ -9,11 +9,11 @@ from ..errors import MimirFastError, one_line
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..cli import _add_config_flags, _Parser
+    from ..flags import Parser, add_config_flags
     from . import DoctorConfig, run_doctor
 
-    parser = _Parser(prog="python -m mimir_fast.doctor", description="What works on this machine, and how fast.")
-    _add_config_flags(parser, DoctorConfig)
+    parser = Parser(prog="python -m mimir_fast.doctor", description="What works on this machine, and how fast.")
+    add_config_flags(parser, DoctorConfig)
     args = parser.parse_args(argv)
     try:
         return run_doctor(DoctorConfig(**vars(args)))["exit_code"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import ConfigError
+from ..configs import Config, check, choice
+from ..device import DEVICES
 from ..ops.catalog import OPS
 from ..ops.validate import DTYPES
 
@@ -17,7 +18,7 @@ def split(value: str) -> list[str]:
 
 
 @dataclass(kw_only=True)
-class DoctorConfig:
+class DoctorConfig(Config):
     """What the doctor checks and where it writes."""
 
     out: str = ""
@@ -44,20 +45,11 @@ class DoctorConfig:
     compile: str = "cudagraphs"
     """Compile mode of the step suites' fast step: off, on or cudagraphs."""
 
-    def __post_init__(self) -> None:
-        if not 30.0 <= self.budget_s <= 7200.0:
-            raise ConfigError(f"budget_s must be within [30, 7200] seconds, got {self.budget_s}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        unknown = [op for op in split(self.ops) if op not in OPS]
-        if unknown:
-            raise ConfigError(f"unknown op(s) {', '.join(unknown)}; known: {', '.join(OPS)}")
-        unknown = [d for d in split(self.dtypes) if d not in DTYPES]
-        if unknown:
-            raise ConfigError(f"unknown dtype(s) {', '.join(unknown)}; known: {', '.join(DTYPES)}")
-        known = {name for e in OPS.values() for name in e.shapes}
-        unknown = [s for s in split(self.shapes) if s not in known]
-        if unknown:
-            raise ConfigError(f"unknown shape(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        if self.compile not in COMPILE_MODES:
-            raise ConfigError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
+    def validate(self) -> None:
+        check(30.0 <= self.budget_s <= 7200.0, f"budget_s must be within [30, 7200] seconds, got {self.budget_s}")
+        choice("device", self.device, DEVICES)
+        for name, values, known in (("op", split(self.ops), OPS), ("dtype", split(self.dtypes), DTYPES),
+                                    ("shape", split(self.shapes), {s for e in OPS.values() for s in e.shapes})):
+            unknown = [v for v in values if v not in known]
+            check(not unknown, f"unknown {name}(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        choice("compile", self.compile, COMPILE_MODES)

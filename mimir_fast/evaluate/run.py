@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ..device import resolve_device
 from ..distributed import finish_distributed, gather, init_distributed, quiet_unless_main
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models_vit import create_classifier, is_classifier_state
+from ..ops.runcheck import check_unrecorded, kernel_report, kernel_report_line
 from ..outputs import writable_dir
 from ..purify.defended import BPDA, PurifiedClassifier
 from ..train.checkpoint import load_checkpoint, load_model_state
@@ -198,6 +200,7 @@ def _evaluate(cfg: EvalConfig, device: torch.device, env) -> dict | None:
     shard = order[env.rank::env.world_size]
     x, y = load_examples(dataset, shard, info.input_size)
     x, y = x.to(device), y.to(device)
+    _check_kernels([t for t, _ in targets], x[:cfg.batch_size], y[:cfg.batch_size], env)
     reports = []
     for gamma, (target, description) in zip(cfg.gammas, targets):
         if DEFENSES[cfg.defense].load is not None:
@@ -209,6 +212,8 @@ def _evaluate(cfg: EvalConfig, device: torch.device, env) -> dict | None:
         report = build_report(cfg, info, parts, order, env.world_size, defense=description,
                               settings=attack_settings(cfg, target))
         report["env"]["device"] = str(device)
+        report["kernels"] = kernel_report()
+        print(kernel_report_line(report["kernels"]))
         print(table(report))  # before anything is written: a write failure cannot lose it
         folder = output_dir / f"gamma_{gamma:g}" if cfg.gamma_sweep else output_dir
         report["files"] = save_report(report, folder)
@@ -223,6 +228,24 @@ def _evaluate(cfg: EvalConfig, device: torch.device, env) -> dict | None:
         for i, g in enumerate(sweep["gammas"])))
     sweep["files"] = save_report(sweep, output_dir, "gamma_curve.json", plot=plot_gamma_curve)
     return sweep
+
+
+def _check_kernels(targets: list[Target], x: torch.Tensor, y: torch.Tensor, env) -> None:
+    """The dispatch check before the first attack (``ops/runcheck.py``; a no-op off CUDA): rank 0 runs a forward
+    and an input-gradient backward of each model an attack differentiates; the other ranks then load its records."""
+
+    def run_once() -> None:
+        for target in targets:
+            xb = x.clone().requires_grad_(True)
+            F.cross_entropy(target.attack_model(xb), y).backward()
+            target.attack_model.zero_grad(set_to_none=True)
+
+    if env.is_main and len(x):
+        check_unrecorded(run_once, compiled=False)
+    if env.world_size > 1:
+        torch.distributed.barrier()
+        if not env.is_main:
+            check_unrecorded(lambda: None, compiled=False)
 
 
 def save_report(report: dict, folder: Path, name: str = "eval_results.json", plot=plot_curve) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ._dispatch import pow2_bucket, use_triton
+from .masking import masking_indices
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -122,8 +123,6 @@ def shape_class(shape: dict) -> str:
 
 def make_inputs(shape: dict, device: torch.device, dtype: torch.dtype, requires_grad: bool) -> tuple:
     """Random (x, mask_token, ids_restore, pos_embed) of ``shape``; ``GRAD_ARGNUMS`` need gradients."""
-    from ..models_mae import masking_indices  # models_mae imports this module
-
     n, length, keep, dd = shape["n"], shape["length"], shape["keep"], shape["dd"]
     x = torch.randn(n, 1 + keep, dd, device=device, dtype=dtype, requires_grad=requires_grad)
     mask_token = (0.02 * torch.randn(dd, device=device)).to(dtype).requires_grad_(requires_grad)
@@ -146,7 +145,7 @@ def decoder_unshuffle(
         x: (N, 1 + L_keep, Dd) decoder-embedded latent: CLS first, then the kept tokens in shuffled order.
         mask_token: (Dd,) the learned mask token (``model.mask_token.view(-1)``).
         ids_restore: (N, L) int64, per sample a permutation of 0..L-1 that undoes the shuffle (MAE's
-            ``argsort(ids_shuffle)``, e.g. from ``models_mae.masking_indices``).
+            ``argsort(ids_shuffle)``, e.g. from ``ops.masking.masking_indices``).
         pos_embed: (1 + L, Dd) decoder positional embedding, CLS row first (``model.decoder_pos_embed[0]``).
 
     Returns:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from ._dispatch import pow2_bucket, use_triton
+from .masking import masking_indices
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_PATCH_ELEMENTS = 8192
@@ -133,8 +134,6 @@ def shape_class(shape: dict) -> str:
 def make_inputs(shape: dict, device: torch.device, dtype: torch.dtype, requires_grad: bool) -> tuple:
     """Random (imgs, pred, mask, patch_size, norm_pix) of ``shape`` (three quarters of the patches removed);
     ``GRAD_ARGNUMS`` need gradients; the mask is float32, as the model's."""
-    from ..models_mae import masking_indices  # models_mae imports this module
-
     n, c, h, p = shape["n"], shape["c"], shape["px"], shape["p"]
     w = shape.get("px_w", h)
     length = (h // p) * (w // p)

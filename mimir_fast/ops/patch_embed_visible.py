@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ._dispatch import pow2_bucket, use_triton
+from .masking import masking_indices
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -143,8 +144,6 @@ def shape_class(shape: dict) -> str:
 
 def make_inputs(shape: dict, device: torch.device, dtype: torch.dtype, requires_grad: bool) -> tuple:
     """Random (imgs, weight, bias, pos_embed, ids_keep) of ``shape``; ``GRAD_ARGNUMS`` need gradients."""
-    from ..models_mae import masking_indices  # models_mae imports this module
-
     n, c, px, p, d = shape["n"], shape["c"], shape["px"], shape["p"], shape["d"]
     length = (px // p) ** 2
     imgs = torch.rand(n, c, px, px, device=device, dtype=dtype, requires_grad=requires_grad)
@@ -170,7 +169,7 @@ def patch_embed_visible(
         bias: (D,) patch conv bias.
         pos_embed: (L, D) positional embedding of the L = (H/p)² patches, no CLS row (``pos_embed[0, 1:]``).
         ids_keep: (N, L_keep) int64 kept patch indices, distinct per sample, in token order (MAE's
-            ``ids_shuffle[:, :len_keep]``, e.g. from ``models_mae.masking_indices``).
+            ``ids_shuffle[:, :len_keep]``, e.g. from ``ops.masking.masking_indices``).
 
     Returns:
         (N, L_keep, D) tokens in ``promote_types(conv dtype, pos_embed.dtype)``, the conv dtype being

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from ..data import build_train_dataset, steps_per_epoch, train_loader
-from ..device import autocast_dtype, resolve_device
+from ..device import autocast_context, autocast_dtype, resolve_device
 from ..distributed import (
     DistEnv,
     abort_distributed,
@@ -25,6 +25,7 @@ from ..distributed import (
     quiet_unless_main,
 )
 from ..errors import CheckpointError, ConfigError
+from ..ops.runcheck import check_unrecorded, kernel_report, kernel_report_line
 from ..outputs import writable_dir
 from .checkpoint import (
     CHECKPOINT_RE,
@@ -182,6 +183,28 @@ def _write_config(output_dir: Path, args: dict, resumed: Resumed) -> None:
         (output_dir / f"config-resumed-{resumed.start_epoch}.json").write_text(text)
 
 
+def _check_kernels(method: Method, model, device: torch.device, amp_dtype, env: DistEnv, compiled: bool) -> None:
+    """The dispatch check before the first step (``ops/runcheck.py``; a no-op off CUDA): rank 0 runs one forward
+    and backward of the eager, unwrapped model on a random batch of the run's shape (the kernel choice depends on
+    shapes and dtypes only); the other ranks then load the records it wrote, so every rank takes the same paths."""
+    cfg = method.cfg
+    imgs = torch.rand(cfg.batch_size, 3, cfg.input_size, cfg.input_size, device=device)
+    labels = torch.zeros(cfg.batch_size, dtype=torch.long, device=device)
+
+    def run_once() -> None:
+        with autocast_context(device, amp_dtype):
+            loss = method.losses(model, imgs, labels)["loss"]
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    if env.is_main:
+        check_unrecorded(run_once, compiled=compiled)
+    if env.world_size > 1:
+        dist.barrier()
+        if not env.is_main:
+            check_unrecorded(lambda: None, compiled=compiled)
+
+
 def _training_state(model, optimizer, epoch: int, args: dict, extras: dict) -> dict:
     """A checkpoint's contents in MAE's layout (full, unwrapped states, gathered under FSDP2: a collective), plus
     the method's ``extras``."""
@@ -256,11 +279,12 @@ def _run(method: Method, env: DistEnv, device: torch.device) -> RunSummary:
                                                     resumed.mid)
     if mid is not None:
         check_mid(mid, last_ckpt, world_size, steps)
+    compile_mode = resolve_compile(cfg.compile, device)
+    _check_kernels(method, model, device, amp_dtype, env, compiled=compile_mode != "off")
     model = wrap_model(model, env, device, cfg.fsdp)  # DDP (or FSDP2) under torchrun; checkpoints save unwrap(model)
     optimizer = build_optimizer(method.param_groups(unwrap(model)), lr, method.betas, device, cfg.optimizer)
     if optimizer_state is not None:
         _load_optimizer(model, optimizer, optimizer_state, last_ckpt)
-    compile_mode = resolve_compile(cfg.compile, device)
     step_model = compile_model(model, compile_mode)  # shares the parameters; checkpoints save ``model``
     args = {**cfg.to_dict(), "task": method.task}
     if env.is_main:
@@ -284,15 +308,15 @@ def _run(method: Method, env: DistEnv, device: torch.device) -> RunSummary:
         for epoch in range(start_epoch, cfg.epochs):
             seed = epoch_seed(cfg.seed, rank, epoch)
             seed_everything(seed)
-            resumed = mid["ranks"][rank] if mid is not None and epoch == start_epoch else None
-            start_step = mid["step"] if resumed is not None else 0
+            rank_mid = mid["ranks"][rank] if mid is not None and epoch == start_epoch else None
+            start_step = mid["step"] if rank_mid is not None else 0
             order = torch.Generator().manual_seed(epoch_seed(cfg.seed, 0, epoch))  # alike on every rank
             batches = train_loader(cfg, dataset, torch.Generator().manual_seed(seed), device, rank=rank,
                                    world_size=world_size, order=order, start_step=start_step)
-            if resumed is not None:  # the RNG states at the saved step (midepoch.py)
-                restore_rng(resumed["rng"], device)
+            if rank_mid is not None:  # the RNG states at the saved step (midepoch.py)
+                restore_rng(rank_mid["rng"], device)
             stats = train_one_epoch(ctx, batches, epoch, start_step=start_step,
-                                    sums=resumed["sums"] if resumed is not None else None)
+                                    sums=rank_mid["sums"] if rank_mid is not None else None)
             val = method.after_epoch(unwrap(model), device)  # on every rank: FSDP2's forward is a collective
             images += (steps - start_step) * cfg.batch_size * world_size
             seconds += (steps - start_step) * cfg.batch_size / stats["img_per_sec"]  # without the first step
@@ -304,9 +328,16 @@ def _run(method: Method, env: DistEnv, device: torch.device) -> RunSummary:
                 if env.is_main:
                     save_checkpoint(state, last_ckpt)
                     mid_path(output_dir).unlink(missing_ok=True)  # superseded
+            row = {**{f"train_{k}": v for k, v in stats.items()}, **{f"test_{k}": v for k, v in val.items()},
+                   "epoch": epoch}
+            if epoch == start_epoch:  # the path each op took, once the step has run
+                kernels = kernel_report()
+                print(kernel_report_line(kernels))
+                row["kernels"] = kernels
+                if env.is_main and resumed.path is None:
+                    _write_config(output_dir, {**args, "kernels": kernels}, resumed)
             if run_log is not None:
-                run_log.epoch({**{f"train_{k}": v for k, v in stats.items()},
-                               **{f"test_{k}": v for k, v in val.items()}, "epoch": epoch})
+                run_log.epoch(row)
     finally:
         if run_log is not None:
             run_log.close()
