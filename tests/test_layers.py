@@ -123,3 +123,12 @@ def test_the_method_name_check_sees_a_comparison(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text("def f(cfg):\n    if cfg.method == 'nim':\n        return 1\n")
     assert _compares_method_names(probe) == [2]
+
+
+def test_setup_installs_every_package():
+    text = (PACKAGE.parent / "setup.py").read_text()
+    listed = set(ast.literal_eval(text[text.index("packages=[") + len("packages="):text.index("]", text.index(
+        "packages=[")) + 1]))
+    found = {"mimir_fast." + ".".join(p.relative_to(PACKAGE).parts)
+             for p in PACKAGE.rglob("*") if p.is_dir() and (p / "__init__.py").is_file() and p.name != "kernels"}
+    assert found | {"mimir_fast", "mimir_fast.kernels"} == listed
