@@ -202,9 +202,8 @@ def test_triton_rejects_unsupported(monkeypatch, kernel_device):
 
 def test_triton_rejects_too_wide_variables(monkeypatch):
     """A width beyond MAX_D (2³¹ − 1 columns, shapes only: fake tensors) is not the kernel's."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     from mimir_fast.kernels import hsic_gram as kernels
+    from torch._subclasses.fake_tensor import FakeTensorMode
 
     monkeypatch.setenv("MIMIR_FAST_KERNELS", "triton")
     with FakeTensorMode():

@@ -29,9 +29,8 @@ def test_every_launch_runs_on_its_tensors_device(op, shape, dtype):
 
 
 def test_expm1_launch_runs_on_its_tensors_device():
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     from mimir_fast.kernels import hsic_gram as kernels
+    from torch._subclasses.fake_tensor import FakeTensorMode
 
     launches = []
     with FakeTensorMode(), compile_check._intercept(kernels, launches):
