@@ -24,6 +24,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
+from mimir_fast.device import device_name
+
 SCHEMA = "mimir_fast.bench/1"
 
 # Dense bf16 peak FLOP/s by device-name substring (spec sheets; SXM parts).
@@ -44,18 +46,6 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     parser.add_argument("--iters", type=int, default=10, help="timed iterations per measurement")
     parser.add_argument("--out", default="bench/results", help="folder for the JSON result file")
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
 
 
 def environment(device: torch.device) -> dict:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..device import device_name
 from ..ops import records
 from . import targets as targets_module
 from .procs import repo_root
@@ -31,16 +32,6 @@ def _git_commit() -> str | None:
         return None
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
 def environment(device: torch.device) -> dict:
     """Device, versions and commit of this run."""
     env = {"device_type": device.type, "python": platform.python_version(), **records.versions(),
@@ -51,7 +42,7 @@ def environment(device: torch.device) -> dict:
         env.update(device=props.name, capability=f"{props.major}.{props.minor}",
                    memory_gb=round(props.total_memory / 2**30, 1))
     else:
-        env["device"] = _cpu_name()
+        env["device"] = device_name(torch.device("cpu"))
     return env
 
 
