@@ -1,4 +1,5 @@
 # make demo : create .venv, install, run the whole pipeline on the embedded digits data (CPU or GPU)
+# make demo-seeds : the same three rows with 3 seeds each: mean ± std per metric and a bar chart (results.png)
 # make demo-purifiers : the same, plus the NIM/De^3 and MAEP purifier rows and the De^3 gamma sweep
 # make test : create .venv if needed, install, run the whole test suite
 # make mutants : break each core guarantee on purpose in a temporary copy and report which the tests miss (not CI)
@@ -12,7 +13,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo demo-purifiers test mutants bench clean
+.PHONY: demo demo-seeds demo-purifiers test mutants bench clean
 
 $(STAMP): setup.py requirements.txt
 ifeq ($(OFFLINE),1)
@@ -31,6 +32,10 @@ endif
 demo: $(STAMP)
 	rm -rf output_dir/demo
 	$(VENV)/bin/mimir-fast demo --output_dir output_dir/demo
+
+demo-seeds: $(STAMP)
+	rm -rf output_dir/demo-seeds
+	$(VENV)/bin/mimir-fast demo --seeds 3 --output_dir output_dir/demo-seeds
 
 demo-purifiers: $(STAMP)
 	rm -rf output_dir/demo

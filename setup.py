@@ -14,6 +14,7 @@ setup(
         "mimir_fast.data",
         "mimir_fast.train",
         "mimir_fast.evaluate",
+        "mimir_fast.demo",
         "mimir_fast.purify",
         "mimir_fast.methods",
         "mimir_fast.kernels",

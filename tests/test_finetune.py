@@ -91,22 +91,6 @@ def test_finetune_presets_follow_mimir():
         build_finetune_config("digits", eps=-1.0)
 
 
-def test_demo_table_lists_each_row_with_its_checks():
-    from mimir_fast.demo import DemoConfig, results_table
-
-    rows = [{"start": "MIMIR pretraining", "accuracy": {"clean": 41.5, "pgd20": 20.0, "aa": 16.0}, "pretrain_s": 90.2,
-             "finetune_s": 40.0, "eval_s": 70.0, "checks_passed": 7, "checks_total": 7, "checks_failed": []},
-            {"start": "scratch", "accuracy": {"clean": 12.0, "pgd20": 9.0, "aa": 8.5}, "pretrain_s": 0.0,
-             "finetune_s": 40.0, "eval_s": 20.0, "checks_passed": 6, "checks_total": 7,
-             "checks_failed": ["monotone_in_eps"]}]
-    text = results_table(rows, DemoConfig())
-    lines = text.splitlines()
-    assert lines[0] == ("| start | clean (%) | PGD-20 (%) | AutoAttack (%) | pretrain (s) | fine-tune (s) | eval (s) "
-                        "| total (s) | checks |")
-    assert lines[2] == "| MIMIR pretraining | 41.5 | 20.0 | 16.0 | 90 | 40 | 70 | 200 | 7/7 pass |"
-    assert "6/7 pass (failed: monotone_in_eps)" in lines[3] and "first 200 images" in text
-
-
 # ---------------------------------------------------------------------- the adversarial objectives by hand
 def _seen_inputs(model):
     """Every forward's input and whether the model was in training mode then."""

@@ -3,6 +3,11 @@
 With ``norm_pix_loss`` the model predicts normalised patches; they are mapped back to pixels with each
 original patch's mean and unbiased variance (the statistics the loss normalised by), so the panels show
 images rather than per-patch z-scores.
+
+The loss covers the masked patches only, so the decoder's outputs at the visible positions are untrained;
+de-normalised with their patch's statistics they look like colour noise. The reconstruction panel therefore
+("recon. (masked)") shows the predicted masked patches and greys out the visible ones (``VISIBLE_GREY``);
+"recon. + visible" pastes the predictions into the visible patches of the original, as MAE's notebook does.
 """
 
 from __future__ import annotations
@@ -14,12 +19,14 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torchvision.utils import make_grid
 
-PANELS = ("original", "masked", "reconstruction", "recon. + visible")
+PANELS = ("original", "masked", "recon. (masked)", "recon. + visible")
+VISIBLE_GREY = 0.5  # fill of the visible patches in the reconstruction panel (their outputs are untrained)
 
 
 @torch.no_grad()
 def reconstruction_panels(model, images: torch.Tensor, mask_ratio: float, seed: int = 0) -> torch.Tensor:
-    """Four panels per image: a (n, 4, C, H, W) tensor in [0, 1] for ``images`` (n, C, H, W).
+    """Four panels per image: a (n, 4, C, H, W) tensor in [0, 1] for ``images`` (n, C, H, W): the original, the
+    visible patches, the predicted masked patches (visible ones grey) and the predictions pasted into the original.
 
     The mask comes from a generator seeded with ``seed``, so the figure does not touch the global RNG.
     """
@@ -36,9 +43,10 @@ def reconstruction_panels(model, images: torch.Tensor, mask_ratio: float, seed: 
     recon = model.unpatchify(pred).clamp(0, 1)
     removed = model.unpatchify(mask.unsqueeze(-1).expand(-1, -1, pred.shape[-1]).to(pred.dtype))  # 1 = removed
     masked = images * (1 - removed)
+    predicted = recon * removed + VISIBLE_GREY * (1 - removed)
     pasted = images * (1 - removed) + recon * removed
     model.train(was_training)
-    return torch.stack([images, masked, recon, pasted], dim=1)
+    return torch.stack([images, masked, predicted, pasted], dim=1)
 
 
 def save_reconstruction_figure(model, images: torch.Tensor, mask_ratio: float, path: str | Path, seed: int = 0) -> Path:
