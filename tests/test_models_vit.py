@@ -118,3 +118,21 @@ def test_layer_decay_groups_follow_mae():
     assert by_name["head.weight"]["lr_scale"] == 1.0 and by_name["head.bias"]["weight_decay"] == 0
     assert by_name["fc_norm.weight"]["weight_decay"] == 0
     assert len(by_name) == sum(1 for _ in clf.parameters())
+
+
+@pytest.mark.parametrize("size,patch,chans,dim,n", [(32, 16, 3, 128, 29), (20, 5, 3, 40, 3), (21, 7, 1, 33, 2)])
+def test_patch_embedding_equals_its_strided_convolution_with_gradients(size, patch, chans, dim, n):
+    from mimir_fast.vit_layers import PatchEmbed
+
+    torch.manual_seed(size)
+    embed = PatchEmbed(size, patch, chans, dim).double()
+    x = torch.rand(n, chans, size, size, dtype=torch.float64, requires_grad=True)
+    out = embed(x)
+    want = embed.proj(x).flatten(2).transpose(1, 2)  # the convolution, (N, D, h, w) -> (N, L, D)
+    assert out.shape == (n, (size // patch) ** 2, dim)
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x, embed.proj.weight, embed.proj.bias], g)
+    ref = torch.autograd.grad(want, [x, embed.proj.weight, embed.proj.bias], g)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
