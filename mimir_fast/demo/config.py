@@ -22,7 +22,7 @@ CHECK_NAMES = ("eps0_equals_clean", "monotone_in_eps", "autoattack_le_pgd", "lar
 PRETRAIN_RECIPE: dict = {"input_size": 32, "patch_size": 16}
 """Overrides of the ``digits`` pretraining preset for the MIMIR and MAE rows (docs/demo.md: how it was chosen)."""
 
-FINETUNE_RECIPE: dict = {"epochs": 30, "input_size": 32, "patch_size": 16, "layer_decay": 0.85, "method": "trades",
+FINETUNE_RECIPE: dict = {"epochs": 20, "input_size": 32, "patch_size": 16, "layer_decay": 0.85, "method": "trades",
                          "trades_beta": 6.0, "alpha": 4.0}
 """Overrides of the ``digits`` fine-tuning preset for the three rows: TRADES (β = 6) with 2 PGD steps of 4/255."""
 

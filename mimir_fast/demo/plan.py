@@ -9,7 +9,6 @@ from pathlib import Path
 from . import config as recipes
 from .config import SUBSET_ATTACKS, DemoConfig, parse_numbers
 
-AA_PARTS = 2  # runs the AutoAttack subset is split into (consecutive parts)
 PENDING = "pending"  # stands in a planned config for a checkpoint that an earlier run of the plan writes
 
 ROWS = (
@@ -69,30 +68,10 @@ def _eval_configs(cfg: DemoConfig, out: Path, tag: str, attacks: str, seed: int,
     common = dict(resume=PENDING, device=cfg.device, seed=seed, **defense)
     evals = {"full": EvalConfig(attacks=",".join(full), n_ex=cfg.n_images, eps_curve=cfg.eps_curve,
                                 output_dir=str(out / f"eval_{tag}"), **common)}
-    for k, _ in enumerate(subset_parts(cfg) if subset else []):
-        evals[f"aa{k}"] = EvalConfig(attacks=",".join(["clean", *subset]), ids=str(subset_file(cfg, k)), eps_curve="",
-                                     output_dir=str(out / f"eval_{tag}_aa{k}"), **common)
+    if subset:
+        evals["aa"] = EvalConfig(attacks=",".join(["clean", *subset]), n_ex=cfg.aa_n_ex, eps_curve="",
+                                 output_dir=str(out / f"eval_{tag}_aa"), **common)
     return evals
-
-
-def subset_parts(cfg: DemoConfig) -> list[list[int]]:
-    """The AutoAttack subset (the first ``aa_n_ex`` images) in ``AA_PARTS`` consecutive parts, each its own run:
-    AutoAttack is the longest run of a row, and two halves keep two workers busy to the end."""
-    n = cfg.aa_n_ex
-    bounds = [round(n * k / AA_PARTS) for k in range(AA_PARTS + 1)]
-    return [list(range(a, b)) for a, b in zip(bounds, bounds[1:]) if b > a]
-
-
-def subset_file(cfg: DemoConfig, part: int) -> Path:
-    """The ids file of part ``part`` of the AutoAttack subset (``write_subset_files`` writes it)."""
-    return Path(cfg.output_dir) / "aa_subset" / f"part{part}.txt"
-
-
-def write_subset_files(cfg: DemoConfig) -> None:
-    for k, indices in enumerate(subset_parts(cfg)):
-        path = subset_file(cfg, k)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(f"{i}\n" for i in indices))
 
 
 def plan_rows(cfg: DemoConfig) -> list[RowPlan]:

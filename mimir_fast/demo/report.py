@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 from .config import NAMES, SUBSET_ATTACKS, VAL_IMAGES, DemoConfig
-from .plan import subset_parts
 from .results import subset_name
 
 
@@ -71,8 +70,7 @@ def _notes(rows: list[dict], cfg: DemoConfig, keys: list[str], total_s: float | 
     on_full = [NAMES[k] for k in keys if k not in SUBSET_ATTACKS]
     note = f"\nDigits validation set: {', '.join(on_full)} on {_images(cfg.n_images)}"
     if any(k in SUBSET_ATTACKS for k in keys):
-        parts = len(subset_parts(cfg))
-        note += f"; AutoAttack on {subset_name(cfg.aa_n_ex)}" + (f", in {parts} runs" if parts > 1 else "")
+        note += f"; AutoAttack on {subset_name(cfg.aa_n_ex)}"
     note += "; L∞ ε = 8/255; fp32 evaluation."
     seeds = (f"Mean ± sample standard deviation over seeds 0–{cfg.seeds - 1}; times are means per seed"
              if cfg.seeds > 1 else "Seed 0; times")

@@ -24,11 +24,7 @@ def row_from_tasks(plan: RowPlan, tasks: list[Task], results: dict[str, dict]) -
         times[f"{task.phase}_s"] += res["wall"]
         cpu[f"{task.phase}_s"] += res["cpu"]
         if task.kind == "evaluate":
-            name = task.key.rsplit("_", 1)[1]
-            if name.startswith("aa"):  # a part of the AutoAttack subset
-                reports.setdefault("aa", []).append(res["report"])
-            else:
-                reports[name] = res["report"]
+            reports[task.key.rsplit("_", 1)[1]] = res["report"]
         elif task.phase == "pretrain":
             pretrained.append(res["checkpoint"])
         else:
@@ -51,8 +47,7 @@ def subset_name(n: int) -> str:
 
 def row_results(plan: RowPlan, reports: dict) -> dict:
     """Accuracy and images per attack, the AutoAttack subset's accuracies and the merged checks of one row."""
-    full = reports["full"]
-    subset = merge_parts(reports["aa"]) if "aa" in reports else None
+    full, subset = reports["full"], reports.get("aa")
     accuracy = dict(full["accuracy"])
     n = {k: full["n_examples"] for k in accuracy}
     checks = [full["checks"]]
@@ -63,23 +58,10 @@ def row_results(plan: RowPlan, reports: dict) -> dict:
             if key in subset["accuracy"]:
                 accuracy[key], n[key] = subset["accuracy"][key], subset["n_examples"]
         randomized = bool(subset.get("defense", {}).get("randomized"))
-        checks += [subset["checks"], [_aa_le_pgd(on_subset, plan.evals["aa0"], subset["n_examples"], randomized)]]
+        checks += [subset["checks"], [_aa_le_pgd(on_subset, plan.evals["aa"], subset["n_examples"], randomized)]]
         result["aa_subset"] = subset_name(subset["n_examples"])
         result["accuracy_aa_subset"] = on_subset
     return {"accuracy": accuracy, "n": n, **result, "checks": merge_checks(checks)}
-
-
-def merge_parts(parts: list[dict]) -> dict:
-    """One report of the AutoAttack subset from its parts' reports: per-example outcomes joined, accuracies
-    recomputed over all of them, every part's checks kept (``merge_checks`` joins them by name)."""
-    from ..evaluate.report import accuracy_of
-
-    first = parts[0]
-    per_example = {k: [v for p in parts for v in p["per_example"][k]] for k in first["per_example"]}
-    draws = first.get("eval_draws", 1)
-    accuracy = {k: accuracy_of(per_example[k], draws) for k in first["accuracy"]}
-    return {**first, "accuracy": accuracy, "n_examples": sum(p["n_examples"] for p in parts),
-            "per_example": per_example, "checks": [c for p in parts for c in p["checks"]]}
 
 
 def _on_subset(full: dict, subset: dict) -> dict:
@@ -129,7 +111,7 @@ def _purifier_results(plan: RowPlan, reports: dict) -> dict:
              "purifier_ms_per_image": full["defense"]["ms_per_image"], "defense": full["defense"]["summary"],
              "settings": {k: v["setting"] for k, v in full["attacks"].items()}}
     if "aa" in reports:
-        extra["settings"] |= {k: v["setting"] for k, v in reports["aa"][0]["attacks"].items() if k in SUBSET_ATTACKS}
+        extra["settings"] |= {k: v["setting"] for k, v in reports["aa"]["attacks"].items() if k in SUBSET_ATTACKS}
     return extra
 
 

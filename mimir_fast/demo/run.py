@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .config import DemoConfig, recipe
-from .plan import plan_rows, plan_tasks, write_subset_files
+from .plan import plan_rows, plan_tasks
 from .report import environment, plot_results, results_table
 from .results import aggregate, row_from_tasks
 from .schedule import Runners, run_tasks, worker_count
@@ -22,7 +22,6 @@ def run_demo(cfg: DemoConfig, runners: Runners | None = None, executor=None) -> 
     plans = plan_rows(cfg)  # every config checked before the first run
     tasks = plan_tasks(plans)
     writable_dir(cfg.output_dir, "--output_dir")
-    write_subset_files(cfg)
     workers = 1 if runners is not None and executor is None else worker_count(cfg)
     out = Path(cfg.output_dir)
     print(f"demo: {len(plans)} rows, {len(tasks)} runs, {workers} at a time; output in {out}", flush=True)
