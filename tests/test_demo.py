@@ -324,6 +324,16 @@ def test_plan_tasks_trains_before_it_evaluates():
     assert tasks["seed0/de3/eval_sweep"].phase == "sweep" and tasks["seed0/mae/eval_aa"].phase == "eval"
 
 
+def test_a_free_worker_evaluates_while_another_trains():
+    tasks = {t.key: t for t in plan.plan_tasks(plan.plan_rows(DemoConfig()))}
+    scratch_ft, mimir_ft, mae_eval = (tasks[k] for k in ("seed0/scratch/finetune", "seed0/mimir/finetune",
+                                                         "seed0/mae/eval_aa"))
+    assert schedule.next_task([scratch_ft, mae_eval], running=[mimir_ft]) is mae_eval
+    assert schedule.next_task([scratch_ft, mae_eval], running=[]) is scratch_ft  # nobody trains: train
+    assert schedule.next_task([scratch_ft, mae_eval], running=[tasks["seed0/mimir/eval_aa"]]) is scratch_ft
+    assert schedule.next_task([mae_eval], running=[]) is mae_eval
+
+
 @pytest.mark.parametrize("kwargs, cores, cuda, expected", [
     ({}, 2, False, 2), ({}, 1, False, 1), ({}, 16, True, 1), ({"device": "cpu"}, 16, True, 2),
     ({"workers": 3}, 2, False, 3), ({"device": "cuda"}, 16, False, 1),

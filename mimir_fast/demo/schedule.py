@@ -92,6 +92,21 @@ def _filled(task: Task, results: dict[str, dict]):
     return with_flags(task.config, {f: results[key]["checkpoint"] for f, key in task.needs.items()})
 
 
+TRAINING = ("pretrain", "finetune")
+
+
+def next_task(ready: list[Task], running: list[Task]) -> Task:
+    """The task a free worker starts, from ``ready`` (in priority order): an evaluation when another worker is
+    training, else a training run while any is ready, else an evaluation. One worker keeps training while the
+    others evaluate each classifier as soon as it exists: AutoAttack is a row's longest run, and started late
+    it would run alone at the end while the other cores idle."""
+    evals = [t for t in ready if t.phase not in TRAINING]
+    trains = [t for t in ready if t.phase in TRAINING]
+    if evals and (not trains or any(t.phase in TRAINING for t in running)):
+        return evals[0]
+    return trains[0]
+
+
 def _run_parallel(tasks: list[Task], runners: Runners | None, workers: int, executor) -> dict[str, dict]:
     import concurrent.futures as cf
     import multiprocessing
@@ -108,7 +123,9 @@ def _run_parallel(tasks: list[Task], runners: Runners | None, workers: int, exec
     with executor:
         while waiting or running:
             ready = [t for t in waiting if all(k in results for k in t.needs.values())]
-            for task in ready[:workers - len(running)]:
+            while ready and len(running) < workers:
+                task = next_task(ready, list(running.values()))
+                ready.remove(task)
                 waiting.remove(task)
                 if runners is None:  # a worker process: its output goes to the run's folder
                     log = str(Path(task.config.output_dir) / "stdout.txt")
