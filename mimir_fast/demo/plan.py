@@ -49,6 +49,7 @@ class RowPlan:
     """EvalConfigs: ``full`` (the n_ex images), ``aa`` (the AutoAttack subset; absent without AutoAttack) and, for
     De^3, ``sweep``."""
     purifier: str | None = None
+    """The purifier row's defence (de3, maep); None for a plain classifier."""
     encoder: object = None
     """MAEP's row: the MAE pretraining (``digits`` preset) whose encoder its standard classifier starts from."""
 

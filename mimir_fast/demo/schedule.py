@@ -1,5 +1,5 @@
-"""Running the demo's tasks: in order in this process, or side by side in worker processes (training before
-evaluation, each run once the checkpoints it takes exist)."""
+"""Running the demo's tasks: in plan order in this process, or side by side in worker processes (one keeps
+training while the others evaluate; each run starts once the checkpoints it takes exist)."""
 
 from __future__ import annotations
 
@@ -78,8 +78,9 @@ def worker_count(cfg: DemoConfig) -> int:
 
 
 def run_tasks(tasks: list[Task], runners: Runners | None, workers: int, executor=None) -> dict[str, dict]:
-    """Run ``tasks`` respecting their ``needs``, training before evaluation, ``workers`` at a time (in this
-    process when 1); ``executor`` overrides the process pool (tests). Returns each task's result by key."""
+    """Run ``tasks`` respecting their ``needs``, ``workers`` at a time (in plan order in this process when 1;
+    else as ``next_task`` picks); ``executor`` overrides the process pool (tests). Returns each task's result
+    by key."""
     if workers == 1 and executor is None:
         results: dict[str, dict] = {}
         for task in tasks:
