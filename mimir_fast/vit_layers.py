@@ -19,19 +19,23 @@ from .ops.visible_attention import visible_attention
 
 
 class PatchEmbed(nn.Module):
-    """Image to patch tokens: a strided convolution (kept as ``proj``), applied as a matrix product over patches.
+    """Image to patch tokens with a strided convolution (``proj``).
 
     Args:
         img_size: square input side H = W, in pixels.
         patch_size: square patch side p; ``img_size`` must be a multiple of it.
         in_chans: input channels C.
         embed_dim: token width D.
+        matmul: apply the convolution's weights as a matrix product over patches (the classifier, whose input
+            gradient every attack step takes); the masked autoencoder embeds through ``ops.patch_embed_visible``.
 
     Shapes: ``(N, C, H, W) -> (N, L, D)`` with ``L = (H/p)·(W/p)``, tokens in row-major patch order.
     """
 
-    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768):
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768,
+                 matmul: bool = False):
         super().__init__()
+        self.matmul = matmul
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
         self.img_size = (img_size, img_size)
@@ -43,13 +47,15 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != self.img_size:
             raise ValueError(f"input is {tuple(x.shape[-2:])} pixels but the model expects {self.img_size}")
+        if not self.matmul:
+            return self.proj(x).flatten(2).transpose(1, 2)  # (N, D, h, w) -> (N, L, D)
         n, c = x.shape[:2]
         (h, w), p = self.grid_size, self.patch_size[0]
         patches = x.reshape(n, c, h, p, w, p).permute(0, 2, 4, 1, 3, 5).reshape(n, h * w, c * p * p)
         # The convolution (stride = kernel) as one matrix product over flattened (C, p, p) patches: the same
-        # weights and result, with a far cheaper input gradient on the CPU, which every PGD and AutoAttack step
-        # takes (29 images, 32 px, patch 16, D 128, one core: 10.3 ms forward + backward as a convolution, 1.7
-        # ms as a product).
+        # weights and result up to rounding, with a far cheaper input gradient on the CPU, which every PGD and
+        # AutoAttack step takes (29 images, 32 px, patch 16, D 128, one core: 10.3 ms forward + backward as a
+        # convolution, 1.7 ms as a product).
         return F.linear(patches, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)
 
 

@@ -122,14 +122,16 @@ def test_layer_decay_groups_follow_mae():
 
 @pytest.mark.parametrize("size,patch,chans,dim,n", [(32, 16, 3, 128, 29), (20, 5, 3, 40, 3), (21, 7, 1, 33, 2)])
 def test_patch_embedding_equals_its_strided_convolution_with_gradients(size, patch, chans, dim, n):
+    """The classifier's patch embedding, a matrix product over patches, against the convolution it stands for."""
     from mimir_fast.vit_layers import PatchEmbed
 
     torch.manual_seed(size)
-    embed = PatchEmbed(size, patch, chans, dim).double()
+    embed = PatchEmbed(size, patch, chans, dim, matmul=True).double()
     x = torch.rand(n, chans, size, size, dtype=torch.float64, requires_grad=True)
     out = embed(x)
     want = embed.proj(x).flatten(2).transpose(1, 2)  # the convolution, (N, D, h, w) -> (N, L, D)
     assert out.shape == (n, (size // patch) ** 2, dim)
+    assert create_classifier("vit_micro", img_size=32, patch_size=16, num_classes=10).patch_embed.matmul
     torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
     g = torch.randn_like(out)
     got = torch.autograd.grad(out, [x, embed.proj.weight, embed.proj.bias], g)
