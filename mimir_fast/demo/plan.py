@@ -170,11 +170,7 @@ def plan_tasks(plans: list[RowPlan]) -> list[Task]:
 
 def flag_of(config, flag: str):
     """The value of CLI flag ``flag`` in a run or eval config (a shared field or its method's option), else None."""
-    if flag in {f.name for f in fields(config)}:
-        return getattr(config, flag)
-    options = getattr(config, "options", None)
-    names = options.flags() if options is not None else {}
-    return getattr(options, names[flag]) if flag in names else None
+    return config.to_dict().get(flag)  # the flat view checkpoints and config.json store
 
 
 def with_flags(config, values: dict):

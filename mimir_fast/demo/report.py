@@ -21,7 +21,7 @@ def environment() -> dict:
     return {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
             "processor": device_name(torch.device("cpu")), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "cuda": device_name(torch.device("cuda")) if torch.cuda.is_available() else None,
             "date": time.strftime("%Y-%m-%d")}
 
 
